@@ -1,0 +1,5 @@
+import sys
+
+from lsproxy.cli import main
+
+sys.exit(main())
