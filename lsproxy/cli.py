@@ -1,0 +1,139 @@
+"""Command line: run / check / simulate / --version. ``main(argv) -> exit status``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+import trio
+
+from lsproxy import __version__, simulator
+from lsproxy.app import Proxy
+from lsproxy.config import Config, load_config
+from lsproxy.errors import ConfigError
+from lsproxy.simulator import SimSettings
+
+log = logging.getLogger("lsproxy")
+
+
+class _RedactSecrets(logging.Filter):
+    """Belt and braces: no configured secret value reaches a log line, whatever logged it."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        hit = False
+        for secret in self.secrets:
+            if secret in message or (record.exc_text and secret in record.exc_text):
+                hit = True
+                message = message.replace(secret, "***")
+                if record.exc_text:
+                    record.exc_text = record.exc_text.replace(secret, "***")
+        if hit:
+            record.msg, record.args = message, None
+        return True
+
+
+def configure_logging(level: str, secrets: Sequence[str] = ()) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(_RedactSecrets(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # httpx logs every request line at INFO; ours say more, and say it once.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lsproxy",
+        description="Local fan-out proxy for Adobe Analytics Live Stream.",
+    )
+    parser.add_argument("--version", action="version", version=f"lsproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in (
+        ("run", "run the proxy"),
+        ("check", "validate a config file and print its routes"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", required=True, metavar="PATH", help="TOML config file")
+        sub.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    simulate = commands.add_parser("simulate", help="run the built-in Live Stream simulator")
+    simulate.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    simulator.add_arguments(simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "simulate":
+        configure_logging(args.log_level)
+        return trio.run(_run_simulator, simulator.settings_from_args(args))
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"lsproxy: configuration error: {exc}", file=sys.stderr)
+        return 1
+    if args.command == "check":
+        return _check(config)
+    secrets = [
+        secret.reveal()
+        for stream in config.streams
+        for secret in (stream.credentials.token, stream.credentials.api_key)
+        if secret is not None
+    ]
+    configure_logging(args.log_level, secrets)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    proxy = Proxy(config)
+    try:
+        return trio.run(_serve_proxy, proxy)
+    except OSError as exc:  # typically: the listen address is taken
+        log.error("cannot serve on %s:%d: %s", config.server.host, config.server.port, exc.strerror or exc)
+        return 1
+
+
+def _check(config: Config) -> int:
+    print(f"{config.path}: ok")
+    print(f"consumers connect to http://{config.server.host}:{config.server.port}")
+    for stream in config.streams:
+        print(f"stream {stream.name}: upstream {stream.url} (credentials: {stream.credentials.source})")
+        for key in stream.route_keys:
+            print(f"  /api/1/stream/{key}  /api/2/stream/{key}")
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+async def _serve_proxy(proxy: Proxy) -> int:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_on_signal, proxy.request_shutdown)
+        await proxy.run()
+        nursery.cancel_scope.cancel()
+    log.info("stopped")
+    return 0
+
+
+async def _run_simulator(settings: SimSettings) -> int:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_on_signal, nursery.cancel_scope.cancel)
+        await simulator.run(settings)
+    return 0
+
+
+async def _on_signal(stop: Callable[[], object]) -> None:
+    """SIGINT/SIGTERM ask for a graceful stop; a second one is handled the same way."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            stop()

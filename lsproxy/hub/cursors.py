@@ -1,0 +1,181 @@
+"""Consumer cursors: where each consumer is in its stream, and the rewind rule.
+
+Theory of operation
+-------------------
+A named consumer (``consumer=<id>``) owns a cursor that outlives its
+connections; an anonymous one gets a cursor for the life of one connection.
+At most one connection holds a named cursor at a time: it holds a *lease*
+(the cursor's generation number). A new connection with the same name takes
+the cursor over: the old lease is released on the spot (book-keeping first,
+synchronously), and the caller cancels the old connection afterwards. Progress
+reported under a stale lease is ignored, so a dying connection can never move
+a cursor that someone else now owns.
+
+The delivery rule. ``send_all`` returning only means the kernel took the
+bytes; a consumer killed at that moment loses whatever sat in our send buffer,
+in its receive buffer and in its own read buffers. So a cursor is not simply
+"after the last batch sent". When a connection ends, the cursor resumes at the
+end of the newest batch after which at least ``window_bytes`` more wire bytes
+were handed to the kernel on that connection (or at the connection's start
+position if there is none). At most ``window_bytes`` can still have been in
+flight (socket buffers on both sides plus the client's own buffering), so every
+record before that point was read by the consumer. Records after it are sent
+again: a consumer may see duplicates around its reconnects, never gaps.
+
+All of this is pure book-keeping: no I/O, no clock, no trio.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+Reset = Literal["smallest", "largest"]
+
+
+class Delivery:
+    """One connection's progress, in records and wire bytes, for the rewind rule."""
+
+    __slots__ = ("_marks", "position", "start", "window_bytes", "wire_bytes")
+
+    def __init__(self, start: int, window_bytes: int) -> None:
+        self.start = start
+        self.position = start  # offset after the last batch handed to the kernel
+        self.window_bytes = window_bytes
+        self.wire_bytes = 0
+        # (wire bytes handed over after the batch, offset after the batch); the
+        # leftmost mark is always the best resume point known so far.
+        self._marks: deque[tuple[int, int]] = deque([(0, start)])
+
+    def sent(self, end_offset: int, wire_bytes: int) -> None:
+        """A batch (or a heartbeat: ``end_offset`` unchanged) was handed to the kernel."""
+        self.wire_bytes += wire_bytes
+        if end_offset != self.position:
+            self.position = end_offset
+            self._marks.append((self.wire_bytes, end_offset))
+        horizon = self.wire_bytes - self.window_bytes
+        while len(self._marks) > 1 and self._marks[1][0] <= horizon:
+            self._marks.popleft()
+
+    def resume_offset(self) -> int:
+        """Where a successor connection must start so that nothing is lost."""
+        wire, offset = self._marks[0]
+        return offset if wire <= self.wire_bytes - self.window_bytes else self.start
+
+
+@dataclass
+class Cursor:
+    name: str
+    named: bool
+    position: int  # resume point while no connection holds the cursor
+    generation: int = 0
+    delivery: Delivery | None = None
+    skipped: int = 0  # records lost to retention while this consumer lagged
+    connections: int = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.delivery is not None
+
+    @property
+    def current(self) -> int:
+        """The live position: the connection's progress while connected, else the cursor."""
+        return self.delivery.position if self.delivery is not None else self.position
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    name: str
+    generation: int
+    start: int  # offset the new connection starts at
+    took_over: bool  # an older connection held this cursor and was released
+
+
+class CursorBook:
+    """Every cursor of one stream."""
+
+    def __init__(self) -> None:
+        self._cursors: dict[str, Cursor] = {}
+        self._anonymous = 0
+
+    def __len__(self) -> int:
+        return len(self._cursors)
+
+    def cursors(self) -> list[Cursor]:
+        return list(self._cursors.values())
+
+    def get(self, name: str) -> Cursor | None:
+        return self._cursors.get(name)
+
+    def attach(
+        self,
+        name: str | None,
+        *,
+        reset: Reset | None,
+        oldest: int,
+        tail: int,
+        window_bytes: int,
+    ) -> Lease:
+        """A connection starts. ``name`` None means an anonymous consumer."""
+        took_over = False
+        if name is None:
+            self._anonymous += 1
+            name = f"~anonymous-{self._anonymous}"
+            cursor = self._cursors[name] = Cursor(name, named=False, position=tail)
+            start = tail
+        elif (cursor := self._cursors.get(name)) is None:
+            # A named consumer's first connection starts at the live tail, as
+            # Live Stream's own first connection does (unless it asks for smallest).
+            start = oldest if reset == "smallest" else tail
+            cursor = self._cursors[name] = Cursor(name, named=True, position=start)
+        else:
+            took_over = cursor.connected
+            self._release(cursor)
+            if reset == "smallest":
+                start = oldest
+            elif reset == "largest":
+                start = tail
+            else:
+                start = min(cursor.position, tail)
+        if start < oldest:
+            cursor.skipped += oldest - start
+            start = oldest
+        cursor.generation += 1
+        cursor.connections += 1
+        cursor.position = start
+        cursor.delivery = Delivery(start, window_bytes)
+        return Lease(name, cursor.generation, start, took_over)
+
+    def is_current(self, lease: Lease) -> bool:
+        cursor = self._cursors.get(lease.name)
+        return cursor is not None and cursor.generation == lease.generation and cursor.connected
+
+    def sent(self, lease: Lease, end_offset: int, wire_bytes: int) -> bool:
+        """Record progress; False when the lease is stale (the caller should stop)."""
+        if not self.is_current(lease):
+            return False
+        delivery = self._cursors[lease.name].delivery
+        assert delivery is not None
+        delivery.sent(end_offset, wire_bytes)
+        return True
+
+    def skipped(self, lease: Lease, records: int) -> None:
+        """The connection found its next records trimmed by retention and jumped."""
+        if self.is_current(lease):
+            self._cursors[lease.name].skipped += records
+
+    def detach(self, lease: Lease) -> None:
+        """The connection ended (any way). Stale leases change nothing."""
+        if not self.is_current(lease):
+            return
+        cursor = self._cursors[lease.name]
+        self._release(cursor)
+        if not cursor.named:
+            del self._cursors[lease.name]
+
+    @staticmethod
+    def _release(cursor: Cursor) -> None:
+        if cursor.delivery is not None:
+            cursor.position = cursor.delivery.resume_offset()
+            cursor.delivery = None

@@ -1,0 +1,163 @@
+"""h11 glue: one consumer-facing HTTP/1.1 connection over a trio stream.
+
+The protocol is h11's; this layer only moves bytes and applies the rules that
+plain h11 + trio code gets wrong:
+- a failed or cancelled ``send_all`` leaves an unknown part on the wire, so the
+  connection is marked broken (``send_failed``) and never written again;
+- an error response is only possible before the response head went out;
+- the request head is size-capped and time-limited (slowloris);
+- a peer reset (``trio.BrokenResourceError``) is an EOF.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Sequence
+from http import HTTPStatus
+
+import h11
+import trio
+
+from lsproxy import __version__
+from lsproxy.serve.routes import ErrorReply
+
+MAX_REQUEST_HEAD = 16 * 1024
+READ_SIZE = 16 * 1024
+SERVER_HEADER = f"lsproxy/{__version__}".encode()
+
+_KNOWN_STATUSES = frozenset(s.value for s in HTTPStatus)
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+
+class ConnectionBroken(Exception):
+    """The peer is gone, too slow, or a write failed: stop using this connection."""
+
+
+def error_body(reply: ErrorReply) -> bytes:
+    return json.dumps({"error": reply.error, "error_description": reply.description}).encode()
+
+
+class HttpConnection:
+    def __init__(self, stream: trio.abc.HalfCloseableStream | trio.abc.Stream) -> None:
+        self.stream = stream
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+        self._broken = False
+
+    @property
+    def can_send_head(self) -> bool:
+        return not self._broken and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)
+
+    # -- reading ------------------------------------------------------------
+    async def next_request(self, timeout: float) -> h11.Request | ErrorReply | None:
+        """The next request head; None when the peer closed (or idled out) between
+        requests; an ErrorReply for a malformed, oversized or too-slow head."""
+        deadline = trio.current_time() + (timeout if timeout > 0 else math.inf)
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                if status == 431:
+                    return ErrorReply(431, "request_header_fields_too_large", "request head over 16 KiB")
+                return ErrorReply(status, "bad_request", f"malformed HTTP request: {exc}")
+            if event is h11.NEED_DATA:
+                with trio.move_on_at(deadline):
+                    data = await self._receive()
+                    self.conn.receive_data(data)
+                    continue
+                if self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]:
+                    return None  # idle keep-alive connection: just close
+                return ErrorReply(408, "request_timeout", "request head not received in time")
+            if isinstance(event, h11.Request):
+                return event
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+            # Data/EndOfMessage of a request body: GET requests carry none; drain it.
+
+    async def _receive(self) -> bytes:
+        try:
+            return await self.stream.receive_some(READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+    # -- writing ------------------------------------------------------------
+    async def send(self, data: bytes, timeout: float = 0) -> None:
+        """``send_all`` with a write timeout; any failure breaks the connection for good."""
+        if self._broken:
+            raise ConnectionBroken("connection already broken")
+        try:
+            if timeout > 0:
+                with trio.fail_after(timeout):
+                    await self.stream.send_all(data)
+            else:
+                await self.stream.send_all(data)
+        except BaseException as exc:
+            # Cancelled included: an unknown part of data went out.
+            self._broken = True
+            self.conn.send_failed()
+            if isinstance(exc, trio.TooSlowError):
+                raise ConnectionBroken(f"consumer accepted no data for {timeout:g} s") from None
+            if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
+                raise ConnectionBroken("consumer went away") from None
+            raise
+
+    def _head(self, status: int, headers: Headers) -> bytes:
+        all_headers = [(b"server", SERVER_HEADER), *headers]
+        reason = HTTPStatus(status).phrase.encode() if status in _KNOWN_STATUSES else b""
+        response = h11.Response(status_code=status, headers=all_headers, reason=reason)
+        return self.conn.send(response) or b""
+
+    async def send_response(
+        self, status: int, headers: Headers, body: bytes, *, head_only: bool = False, timeout: float = 0
+    ) -> None:
+        """A complete response with Content-Length."""
+        data = self._head(status, [*headers, (b"content-length", str(len(body)).encode())])
+        if not head_only:
+            data += self.conn.send(h11.Data(data=body)) or b""
+        data += self.conn.send(h11.EndOfMessage()) or b""
+        await self.send(data, timeout)
+
+    async def send_error(self, reply: ErrorReply, timeout: float = 0) -> None:
+        """A JSON error, if the response has not started yet; then the connection ends."""
+        if not self.can_send_head:
+            return
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        with contextlib.suppress(ConnectionBroken, h11.LocalProtocolError):
+            await self.send_response(reply.status, headers, error_body(reply), timeout=timeout)
+
+    def start_body(self, status: int, headers: Headers) -> bytes:
+        """Bytes of a chunked response head (sent together with the first chunk)."""
+        return self._head(status, [*headers, (b"transfer-encoding", b"chunked")])
+
+    def body_chunk(self, payload: bytes) -> bytes:
+        if not payload:
+            return b""
+        return self.conn.send(h11.Data(data=payload)) or b""
+
+    def end_body(self) -> bytes:
+        return self.conn.send(h11.EndOfMessage()) or b""
+
+    def next_cycle(self) -> bool:
+        """Prepare for the next request on a keep-alive connection; False if it must close."""
+        while self.conn.their_state is h11.SEND_BODY:
+            # A GET's EndOfMessage is already buffered; a request with a body we do not wait for.
+            try:
+                if self.conn.next_event() is h11.NEED_DATA:
+                    return False
+            except h11.RemoteProtocolError:
+                return False
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+            return True
+        return False
+
+    async def aclose(self, grace: float = 1.0) -> None:
+        """Close: a bounded graceful close, then a forceful one."""
+        with trio.move_on_after(grace, shield=True):
+            if not self._broken and isinstance(self.stream, trio.SocketStream):
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    await self.stream.send_eof()
+        await trio.aclose_forcefully(self.stream)

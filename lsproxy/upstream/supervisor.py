@@ -1,0 +1,88 @@
+"""The per-stream upstream loop: wait as the policy says, attempt, record, repeat.
+
+The policy (backoff.py) is the only authority on when the next attempt may
+start; this loop sleeps until then before *every* attempt, whatever ended the
+previous one, including bugs: an unexpected exception from an attempt is
+logged and counted as a failure, never a reason to retry at once. Nothing a
+consumer does reaches this loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from lsproxy.config import StreamConfig
+from lsproxy.hub.stream import StreamHub
+from lsproxy.upstream.backoff import Failure, ReconnectPolicy
+from lsproxy.upstream.connector import stream_once
+from lsproxy.upstream.outcome import Outcome, classify_end
+
+log = logging.getLogger("lsproxy.upstream")
+
+Attempt = Callable[[StreamConfig, StreamHub, Callable[[], None]], Awaitable[Outcome]]
+
+
+async def supervise(
+    stream: StreamConfig,
+    hub: StreamHub,
+    *,
+    rng: random.Random | None = None,
+    attempt: Attempt = stream_once,
+) -> None:
+    settings = stream.upstream
+    policy = ReconnectPolicy(
+        base=settings.reconnect_delay,
+        ceiling=settings.max_reconnect_delay,
+        healthy_after=settings.healthy_after,
+        rng=rng or random.Random(),
+    )
+    status = hub.upstream
+
+    def connected() -> None:
+        policy.on_connected(trio.current_time())
+        status.state = "streaming"
+        status.connects += 1
+        status.connected_since = time.time()
+        log.info("stream %s: upstream connected, streaming", stream.name)
+
+    try:
+        while True:
+            wait = policy.next_attempt_at() - trio.current_time()
+            if wait > 0:
+                status.next_attempt_at = time.time() + wait
+                log.info("stream %s: next upstream attempt in %.1f s", stream.name, wait)
+                await trio.sleep(wait)
+            status.state = "connecting"
+            status.next_attempt_at = None
+            status.attempts += 1
+            policy.on_attempt(trio.current_time())
+            try:
+                outcome = await attempt(stream, hub, connected)
+            except Exception as exc:
+                log.exception("stream %s: upstream attempt failed unexpectedly", stream.name)
+                outcome = classify_end(
+                    "network",
+                    f"internal error: {type(exc).__name__}",
+                    stream=stream.name,
+                    streamed=status.state == "streaming",
+                )
+            policy.on_ended(trio.current_time(), outcome.failure)
+            status.connected_since = None
+            status.state = "failed" if outcome.failure is Failure.CONFIG else "backoff"
+            status.last_error = {
+                "status": outcome.status,
+                "error": outcome.error,
+                "description": outcome.description,
+                "message": outcome.message,
+                "at": time.time(),
+            }
+            level = logging.ERROR if outcome.failure is Failure.CONFIG else logging.WARNING
+            log.log(level, "%s", outcome.message)
+    finally:
+        status.state = "stopped"
+        status.next_attempt_at = None

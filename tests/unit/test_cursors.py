@@ -1,0 +1,99 @@
+"""CursorBook and the delivery (rewind) rule: pure book-keeping."""
+
+import random
+
+from lsproxy.hub.cursors import CursorBook, Delivery
+
+
+def test_delivery_without_enough_bytes_resumes_at_start() -> None:
+    d = Delivery(start=100, window_bytes=1000)
+    d.sent(110, 400)
+    d.sent(120, 400)
+    assert d.position == 120
+    assert d.resume_offset() == 100  # 800 bytes could all still be in buffers
+
+
+def test_delivery_resumes_after_batches_followed_by_a_full_window() -> None:
+    d = Delivery(start=0, window_bytes=1000)
+    d.sent(10, 500)  # wire 500
+    d.sent(20, 500)  # wire 1000
+    d.sent(30, 500)  # wire 1500: batch ending at 10 was followed by 1000 bytes
+    assert d.resume_offset() == 10
+    d.sent(30, 600)  # a heartbeat: 2100; batch ending at 20 followed by 1100
+    assert d.resume_offset() == 20
+
+
+def test_delivery_rule_never_loses_records_fuzz() -> None:
+    """Against a model: resume point is the end of the newest batch with >= window bytes after it."""
+    rng = random.Random(7)
+    for _ in range(300):
+        window = rng.randint(0, 5000)
+        d = Delivery(start=50, window_bytes=window)
+        history = [(0, 50)]
+        wire, offset = 0, 50
+        for _ in range(rng.randint(0, 40)):
+            size = rng.randint(1, 800)
+            if rng.random() < 0.8:
+                offset += rng.randint(1, 5)
+            wire += size
+            d.sent(offset, size)
+            history.append((wire, offset))
+            eligible = [off for w, off in history if wire - w >= window]
+            expected = max(eligible) if eligible else 50
+            assert d.resume_offset() == expected
+
+
+def test_first_named_connection_starts_at_tail_then_resumes() -> None:
+    book = CursorBook()
+    lease = book.attach("a", reset=None, oldest=0, tail=40, window_bytes=0)
+    assert lease.start == 40 and not lease.took_over
+    assert book.sent(lease, 45, 100)
+    book.detach(lease)
+    assert book.get("a").position == 45 and not book.get("a").connected
+    again = book.attach("a", reset=None, oldest=0, tail=60, window_bytes=0)
+    assert again.start == 45
+
+
+def test_reset_smallest_and_largest() -> None:
+    book = CursorBook()
+    first = book.attach("a", reset="smallest", oldest=5, tail=40, window_bytes=0)
+    assert first.start == 5
+    book.detach(first)
+    assert book.attach("a", reset="largest", oldest=5, tail=40, window_bytes=0).start == 40
+
+
+def test_takeover_releases_old_lease_and_ignores_its_progress() -> None:
+    book = CursorBook()
+    old = book.attach("a", reset=None, oldest=0, tail=10, window_bytes=100)
+    book.sent(old, 20, 150)  # batch 10..20, then 150 bytes
+    book.sent(old, 30, 150)  # batch 20..30: 20 is followed by 150 >= 100 bytes
+    new = book.attach("a", reset=None, oldest=0, tail=30, window_bytes=100)
+    assert new.took_over and new.start == 20
+    assert not book.sent(old, 99, 10)  # stale lease: ignored
+    book.detach(old)  # stale: changes nothing
+    assert book.get("a").connected
+    assert book.sent(new, 25, 10)
+    book.detach(new)
+    assert book.get("a").position == 20  # 10 bytes < window: back to the start
+
+
+def test_cursor_behind_retention_jumps_and_counts() -> None:
+    book = CursorBook()
+    lease = book.attach("a", reset=None, oldest=0, tail=0, window_bytes=0)
+    book.sent(lease, 10, 1)
+    book.detach(lease)
+    again = book.attach("a", reset=None, oldest=25, tail=30, window_bytes=0)
+    assert again.start == 25 and book.get("a").skipped == 15
+    book.skipped(again, 3)
+    assert book.get("a").skipped == 18
+
+
+def test_anonymous_cursors_vanish_on_detach() -> None:
+    book = CursorBook()
+    a = book.attach(None, reset="smallest", oldest=0, tail=9, window_bytes=0)
+    b = book.attach(None, reset=None, oldest=0, tail=9, window_bytes=0)
+    assert a.start == 9 and b.start == 9 and a.name != b.name  # anonymous always at the tail
+    assert len(book) == 2
+    book.detach(a)
+    book.detach(b)
+    assert len(book) == 0

@@ -1,0 +1,87 @@
+"""Router: pure request -> route decisions, Live Stream-style errors."""
+
+import gzip
+import zlib
+
+import pytest
+
+from lsproxy.serve.encoding import GzipEncoder, IdentityEncoder, accepts_gzip
+from lsproxy.serve.routes import EndpointRequest, ErrorReply, Router, StreamRequest
+
+ROUTER = Router({"prod": "prod", "adobe-livestream-acme-prod": "prod", "acmeprod": "prod", "dev": "dev"})
+GZ = [(b"accept-encoding", b"gzip")]
+
+
+def route(target: str, method: bytes = b"GET", version: bytes = b"1.1", headers=()):  # type: ignore[no-untyped-def]
+    return ROUTER.route(method, target.encode(), version, list(headers))
+
+
+@pytest.mark.parametrize(
+    "target", ["/api/1/stream/prod", "/api/2/stream/acmeprod", "/api/1/stream/adobe-livestream-acme-prod/"]
+)
+def test_stream_routes_by_name_endpoint_or_suite(target: str) -> None:
+    assert route(target, headers=GZ) == StreamRequest("prod", None, None, True)
+
+
+def test_consumer_id_from_query_or_header_and_reset() -> None:
+    assert route("/api/1/stream/dev?consumer=c1&reset=smallest") == StreamRequest("dev", "c1", "smallest", False)
+    assert route("/api/1/stream/dev", headers=[(b"x-consumer-id", b"c2")]).consumer == "c2"
+    clash = route("/api/1/stream/dev?consumer=a", headers=[(b"x-consumer-id", b"b")])
+    assert isinstance(clash, ErrorReply) and clash.status == 400
+
+
+@pytest.mark.parametrize(
+    ("target", "method", "version", "status"),
+    [
+        ("/api/1/stream/nope", b"GET", b"1.1", 404),
+        ("/elsewhere", b"GET", b"1.1", 404),
+        ("/api/1/stream/prod", b"POST", b"1.1", 405),
+        ("/api/1/stream/prod", b"GET", b"1.0", 505),
+        ("/api/1/stream/prod?maxConnections=9", b"GET", b"1.1", 400),
+        ("/api/1/stream/prod?maxConnections=0", b"GET", b"1.1", 400),
+        ("/api/1/stream/prod?maxConnections=x", b"GET", b"1.1", 400),
+        ("/api/1/stream/prod?smoothingBucketSize=7201", b"GET", b"1.1", 400),
+        ("/api/1/stream/prod?smoothing=maybe", b"GET", b"1.1", 400),
+        ("/api/1/stream/prod?reset=middle", b"GET", b"1.1", 400),
+        ("/api/1/stream/prod?consumer=has%20space", b"GET", b"1.1", 400),
+        ("/api/1/stream/prod?reset=smallest&reset=largest", b"GET", b"1.1", 400),
+        ("/healthz", b"POST", b"1.1", 405),
+    ],
+)
+def test_errors(target: str, method: bytes, version: bytes, status: int) -> None:
+    got = route(target, method, version)
+    assert isinstance(got, ErrorReply) and got.status == status
+    assert got.description  # says what was wrong
+
+
+def test_live_stream_parameters_are_accepted_and_dropped() -> None:
+    got = route("/api/1/stream/prod?maxConnections=8&smoothing=1&smoothingBucketSize=270&reset=largest")
+    assert got == StreamRequest("prod", None, "largest", False)
+
+
+def test_endpoints() -> None:
+    assert route("/healthz") == EndpointRequest("healthz", head=False)
+    assert route("/status", method=b"HEAD") == EndpointRequest("status", head=True)
+    assert route("/readyz", version=b"1.0") == EndpointRequest("readyz", head=False)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("gzip", True), ("gzip, deflate, br", True), ("deflate", False), ("", False), ("gzip;q=0", False),
+     ("GZIP;q=0.5", True), ("*", True), ("identity, gzip;q=bogus", False)],
+)
+def test_accepts_gzip(header: str, expected: bool) -> None:
+    assert accepts_gzip(header) is expected
+
+
+def test_gzip_encoder_flushes_every_batch_and_finishes_a_valid_stream() -> None:
+    enc = GzipEncoder()
+    inflater = zlib.decompressobj(31)
+    out = b""
+    for batch in (b'{"a":1}\r\n', b'{"b":2}\r\n{"c":3}\r\n'):
+        piece = enc.encode(batch)
+        out += piece
+        assert inflater.decompress(piece) == batch  # readable at once: sync flush
+    out += enc.finish()
+    assert gzip.decompress(out) == b'{"a":1}\r\n{"b":2}\r\n{"c":3}\r\n'
+    assert IdentityEncoder().encode(b"x") == b"x"
