@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from types import MappingProxyType
 
@@ -914,20 +913,6 @@ def test_load_not_utf8(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value) == f"{path}: cannot read config: not UTF-8 (bad byte at offset 2)"
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
-def test_load_unreadable(tmp_path: Path) -> None:
-    import os
-
-    if os.geteuid() == 0:
-        pytest.skip("root can read anything")
-    path = tmp_path / "locked.toml"
-    path.write_text(MINIMAL)
-    path.chmod(0)
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert str(info.value) == f"{path}: cannot read config: Permission denied"
 
 
 def test_load_uses_path_in_messages_and_config(tmp_path: Path) -> None:
