@@ -52,11 +52,12 @@ async def supervise(
 
     try:
         while True:
-            wait = policy.next_attempt_at() - trio.current_time()
+            not_before = policy.next_attempt_at()
+            wait = not_before - trio.current_time()
             if wait > 0:
                 status.next_attempt_at = time.time() + wait
                 log.info("stream %s: next upstream attempt in %.1f s", stream.name, wait)
-                await trio.sleep(wait)
+                await trio.sleep_until(not_before)
             status.state = "connecting"
             status.next_attempt_at = None
             status.attempts += 1
