@@ -52,17 +52,22 @@ class ProxyUnderTest:
             return r.status_code, r.json()
 
 
-def proxy_config(sim: SimUnderTest, *, streams: tuple[str, ...] = ("s1",), extra: str = "", **upstream: Any) -> Config:
-    """A config for the proxy in front of ``sim``: fast delays, ephemeral port."""
+def proxy_config(sim: SimUnderTest, *, streams: tuple[str, ...] = ("s1",), extra: str = "", **overrides: Any) -> Config:
+    """A config for the proxy in front of ``sim``: fast delays, ephemeral port.
+    Keyword arguments override [server] keys (``SERVER_KEYS``) or [upstream] keys."""
+    server: dict[str, Any] = {
+        "listen": '"127.0.0.1:0"',
+        "heartbeat_interval": 0.2,
+        "request_timeout": 1,
+        "write_timeout": 2,
+        "shutdown_grace": 1,
+    }
     settings = {"reconnect_delay": 0.3, "max_reconnect_delay": 2.0, "connect_timeout": 2, "healthy_after": 0.5}
-    settings.update(upstream)
+    for key, value in overrides.items():
+        (server if key in server or key == "replay_window_bytes" else settings)[key] = value
     lines = [
         "[server]",
-        'listen = "127.0.0.1:0"',
-        "heartbeat_interval = 0.2",
-        "request_timeout = 1",
-        "write_timeout = 2",
-        "shutdown_grace = 1",
+        *(f"{k} = {v}" for k, v in server.items()),
         extra,
         "[upstream]",
         *(f"{k} = {v}" for k, v in settings.items()),

@@ -72,6 +72,10 @@ class HttpConnection:
                     return None  # idle keep-alive connection: just close
                 return ErrorReply(408, "request_timeout", "request head not received in time")
             if isinstance(event, h11.Request):
+                # h11 caps only an *incomplete* head; one that arrived whole is measured here.
+                size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+                if size > MAX_REQUEST_HEAD:
+                    return ErrorReply(431, "request_header_fields_too_large", "request head over 16 KiB")
                 return event
             if isinstance(event, h11.ConnectionClosed):
                 return None
