@@ -13,7 +13,7 @@ import trio
 from lsproxy import __version__, simulator
 from lsproxy.app import Proxy
 from lsproxy.config import Config, load_config
-from lsproxy.errors import ConfigError
+from lsproxy.errors import BindError, ConfigError
 from lsproxy.simulator import SimSettings
 
 log = logging.getLogger("lsproxy")
@@ -24,7 +24,8 @@ class _RedactSecrets(logging.Filter):
 
     def __init__(self, secrets: Sequence[str]) -> None:
         super().__init__()
-        self.secrets = [s for s in secrets if s]
+        # Too short to mask without mangling every line (and too short to be a real token).
+        self.secrets = [s for s in secrets if len(s) >= 6]
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -98,14 +99,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     proxy = Proxy(config)
     try:
         return trio.run(_serve_proxy, proxy)
-    except OSError as exc:  # typically: the listen address is taken
-        log.error("cannot serve on %s:%d: %s", config.server.host, config.server.port, exc.strerror or exc)
-        return 1
+    except* BindError as group:
+        log.error("%s", _first_leaf(group))
+    return 1
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _check(config: Config) -> int:
     print(f"{config.path}: ok")
-    print(f"consumers connect to http://{config.server.host}:{config.server.port}")
+    host = f"[{config.server.host}]" if ":" in config.server.host else config.server.host
+    print(f"consumers connect to http://{host}:{config.server.port}")
     for stream in config.streams:
         print(f"stream {stream.name}: upstream {stream.url} (credentials: {stream.credentials.source})")
         for key in stream.route_keys:

@@ -18,3 +18,7 @@ class FramingError(LsproxyError):
 
 class RedirectError(LsproxyError):
     """An upstream redirect cannot be followed (no Location, bad scheme, too many hops)."""
+
+
+class BindError(LsproxyError):
+    """The consumer listen address cannot be bound (in use, not local, no permission)."""

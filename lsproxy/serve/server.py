@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import h11
 import trio
 
+from lsproxy.errors import BindError
 from lsproxy.hub.stream import StreamHub
 from lsproxy.serve import endpoints
 from lsproxy.serve.consumer import StreamSettings, serve_stream
@@ -58,7 +59,11 @@ class ConsumerServer:
         self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Bind, report the bound addresses through ``task_status``, serve until stopped."""
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        try:
+            listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        except OSError as exc:
+            where = f"[{self.host}]" if ":" in self.host else self.host
+            raise BindError(f"cannot serve on {where}:{self.port}: {exc.strerror or exc}") from None
         addresses = [listener.socket.getsockname()[:2] for listener in listeners]
         try:
             with self._handlers:

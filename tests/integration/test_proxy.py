@@ -19,7 +19,9 @@ async def upstream_tail(sim) -> int:  # type: ignore[no-untyped-def]
 
 async def test_many_consumers_each_get_the_full_stream_in_order() -> None:
     async with running() as (sim, proxy):
-        readers = [await StreamReader(proxy.port, "/api/1/stream/s1", gzip=i % 2 == 0).connect() for i in range(30)]
+        readers = [
+            await StreamReader(proxy.port, "/api/1/stream/s1", gzip=i % 2 == 0).connect() for i in range(30)
+        ]
         assert all(r.status == 200 for r in readers)
         assert readers[0].response_headers.get("content-encoding") == "gzip"
         assert "content-encoding" not in readers[1].response_headers
@@ -58,7 +60,10 @@ async def test_fifty_consumer_restarts_open_no_upstream_connection_and_lose_noth
 
 
 async def test_upstream_drop_is_followed_by_exactly_one_reconnect_after_the_delay() -> None:
-    async with running(SimSettings(streams=(SimStream("s1", "suite-s1", 200.0),), linger=0.0)) as (sim, proxy):
+    async with running(SimSettings(streams=(SimStream("s1", "suite-s1", 200.0),), linger=0.0)) as (
+        sim,
+        proxy,
+    ):
         r = await StreamReader(proxy.port, "/api/1/stream/s1").connect()
         await r.read_records(20)
         assert sim.sim.drop("s1") == 1
@@ -178,9 +183,9 @@ async def test_bad_requests_get_clear_errors_and_the_stream_keeps_flowing() -> N
 
         assert (await raw(b"GARBAGE\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
         assert (await raw(b"GET /api/1/stream/nope HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 404 ")
-        assert (await raw(b"POST /api/1/stream/s1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")).startswith(
-            b"HTTP/1.1 405 "
-        )
+        assert (
+            await raw(b"POST /api/1/stream/s1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        ).startswith(b"HTTP/1.1 405 ")
         assert (await raw(b"GET /api/1/stream/s1 HTTP/1.0\r\n\r\n")).startswith(b"HTTP/1.1 505 ")
         bad_param = await raw(b"GET /api/1/stream/s1?maxConnections=9 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert bad_param.startswith(b"HTTP/1.1 400 ")
@@ -197,7 +202,10 @@ async def test_bad_requests_get_clear_errors_and_the_stream_keeps_flowing() -> N
 
 
 async def test_broken_upstream_chunk_reconnects_after_the_delay_and_consumers_stay() -> None:
-    async with running(SimSettings(streams=(SimStream("s1", "suite-s1", 200.0),), linger=0.0)) as (sim, proxy):
+    async with running(SimSettings(streams=(SimStream("s1", "suite-s1", 200.0),), linger=0.0)) as (
+        sim,
+        proxy,
+    ):
         r = await StreamReader(proxy.port, "/api/1/stream/s1").connect()
         await r.read_records(10)
         sim.sim.corrupt("s1")
