@@ -118,19 +118,17 @@ class CursorBook:
         window_bytes: int,
     ) -> Lease:
         """A connection starts. ``name`` None means an anonymous consumer."""
-        took_over = False
-        if name is None:
-            self._anonymous += 1
-            name = f"~anonymous-{self._anonymous}"
-            cursor = self._cursors[name] = Cursor(name, named=False, position=tail)
-            start = tail
-        elif (cursor := self._cursors.get(name)) is None:
-            # A named consumer's first connection starts at the live tail, as
-            # Live Stream's own first connection does (unless it asks for smallest).
+        cursor = self._cursors.get(name) if name is not None else None
+        took_over = cursor is not None and cursor.connected
+        if cursor is None:
+            # A first connection starts at the live tail, as Live Stream's own first
+            # connection does, unless it asks for the oldest retained record.
             start = oldest if reset == "smallest" else tail
-            cursor = self._cursors[name] = Cursor(name, named=True, position=start)
+            if name is None:
+                self._anonymous += 1
+            key = name if name is not None else f"~anonymous-{self._anonymous}"
+            cursor = self._cursors[key] = Cursor(key, named=name is not None, position=start)
         else:
-            took_over = cursor.connected
             self._release(cursor)
             if reset == "smallest":
                 start = oldest
@@ -145,7 +143,7 @@ class CursorBook:
         cursor.connections += 1
         cursor.position = start
         cursor.delivery = Delivery(start, window_bytes)
-        return Lease(name, cursor.generation, start, took_over)
+        return Lease(cursor.name, cursor.generation, start, took_over)
 
     def is_current(self, lease: Lease) -> bool:
         cursor = self._cursors.get(lease.name)

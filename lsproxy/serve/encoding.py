@@ -23,7 +23,7 @@ class Encoder(Protocol):
 
 
 class IdentityEncoder:
-    content_encoding = None
+    content_encoding: str | None = None
 
     def encode(self, data: bytes) -> bytes:
         return data
@@ -33,7 +33,7 @@ class IdentityEncoder:
 
 
 class GzipEncoder:
-    content_encoding = "gzip"
+    content_encoding: str | None = "gzip"
 
     def __init__(self, level: int = GZIP_LEVEL) -> None:
         self._compressor = zlib.compressobj(level, zlib.DEFLATED, 31)

@@ -83,7 +83,7 @@ class HttpConnection:
 
     async def _receive(self) -> bytes:
         try:
-            return await self.stream.receive_some(READ_SIZE)
+            return bytes(await self.stream.receive_some(READ_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
 

@@ -105,16 +105,16 @@ class Router:
             return ErrorReply(400, "invalid_parameter", f"reset must be smallest or largest, got {reset!r}")
         consumer = params.get("consumer")
         accept_encoding = ""
-        for name, value in headers:
-            if name == b"x-consumer-id":
-                header_id = value.decode("latin-1").strip()
+        for header, raw in headers:
+            if header == b"x-consumer-id":
+                header_id = raw.decode("latin-1").strip()
                 if consumer is not None and consumer != header_id:
                     return ErrorReply(
                         400, "invalid_parameter", "consumer and X-Consumer-Id name different consumers"
                     )
                 consumer = header_id
-            elif name == b"accept-encoding":
-                accept_encoding += value.decode("latin-1") + ","
+            elif header == b"accept-encoding":
+                accept_encoding += raw.decode("latin-1") + ","
         if consumer is not None and not _CONSUMER_ID.match(consumer):
             return ErrorReply(
                 400,

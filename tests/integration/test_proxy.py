@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import httpx
@@ -93,8 +94,8 @@ async def test_load_balancer_linger_409_and_503_are_backed_off_until_the_stream_
         refused = stats["statuses"].get("409", 0) + stats["statuses"].get("503", 0)
         assert refused >= 1 and stats["accepted"] == 2
         times = stats["attempt_times"]
-        gaps = [b - a for a, b in zip(times[1:], times[2:], strict=False)]
-        assert all(later > earlier for earlier, later in zip(gaps, gaps[1:], strict=False))  # growing
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(later > earlier for earlier, later in itertools.pairwise(gaps))  # growing
         assert times[1] - stats["disconnect_times"][0] >= DELAY
         await r.aclose()
 
@@ -115,7 +116,7 @@ async def test_refusals_back_off_then_stream() -> None:
             stats = sim.stream_stats()
             assert stats["statuses"].get("409") == 3 and stats["accepted"] == 1
             times = stats["attempt_times"]
-            gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+            gaps = [b - a for a, b in itertools.pairwise(times)]
             assert gaps[0] >= DELAY and gaps[1] >= 2 * DELAY and gaps[2] >= 4 * DELAY  # doubling
             async with httpx.AsyncClient(trust_env=False) as client:
                 status = (await client.get(f"http://127.0.0.1:{addresses[0][1]}/status")).json()
@@ -155,7 +156,7 @@ async def test_stalled_consumer_does_not_slow_the_others() -> None:
 
 
 async def test_takeover_closes_the_old_connection_and_continues_from_the_cursor() -> None:
-    async with running() as (sim, proxy):
+    async with running() as (_sim, proxy):
         old = await StreamReader(proxy.port, "/api/1/stream/s1?consumer=dup").connect()
         await old.read_records(20)
         new = await StreamReader(proxy.port, "/api/1/stream/s1", headers={"X-Consumer-Id": "dup"}).connect()
@@ -233,7 +234,7 @@ async def test_heartbeats_keep_consumers_alive_while_the_upstream_is_down() -> N
 
 
 async def test_status_shows_state_and_never_a_secret() -> None:
-    async with running() as (sim, proxy):
+    async with running() as (_sim, proxy):
         r = await StreamReader(proxy.port, "/api/1/stream/s1?consumer=watcher").connect()
         await r.read_records(10)
         code, ready = await proxy.get_json("/readyz")
@@ -249,7 +250,7 @@ async def test_status_shows_state_and_never_a_secret() -> None:
 
 
 async def test_shutdown_ends_streams_cleanly() -> None:
-    async with running() as (sim, proxy):
+    async with running() as (_sim, proxy):
         r = await StreamReader(proxy.port, "/api/1/stream/s1").connect()
         await r.read_records(5)
         proxy.proxy.request_shutdown()

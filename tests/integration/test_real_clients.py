@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ async def wait_for_lines(path: Path, n: int, timeout: float = 10) -> list[int]:
 async def test_curl_compressed_receives_records() -> None:
     curl = shutil.which("curl")
     assert curl, "curl is required (scripts/test installs it)"
-    async with running() as (sim, proxy):
+    async with running() as (_sim, proxy):
         result = await trio.run_process(
             [curl, "-sN", "--compressed", "--max-time", "2", "-D", "-", proxy.url("suite-s1")],
             capture_stdout=True,
@@ -47,7 +46,7 @@ async def test_node_client_with_zlib_gunzip() -> None:
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is required on the test machine")
-    async with running() as (sim, proxy):
+    async with running() as (_sim, proxy):
         result = await trio.run_process(
             [node, str(CLIENTS / "node_consumer.js"), proxy.url("s1"), "50"], capture_stdout=True, check=True
         )

@@ -217,9 +217,7 @@ def test_property_attempts_never_closer_than_base_to_a_loss(seed: int) -> None:
                 failure = rng.choice([Failure.REFUSED, Failure.REFUSED, Failure.CONFIG])
             nxt = p.on_ended(now, failure)
             streak = 1 if healthy_run else streak + 1
-            expected = (
-                ceiling if failure is Failure.CONFIG else min(ceiling, base * 2 ** (streak - 1))
-            )
+            expected = ceiling if failure is Failure.CONFIG else min(ceiling, base * 2 ** (streak - 1))
             assert p.consecutive_failures == streak
             assert p.last_delay == expected
             assert nxt >= now + base
@@ -235,9 +233,7 @@ async def test_supervisor_loop_under_mock_clock(autojump_clock: trio.testing.Moc
     autojump_threshold=0): a requested Clock fixture becomes the run's clock,
     so hours of back-off pass in no real time.
     """
-    p = ReconnectPolicy(
-        base=BASE, ceiling=CEILING, healthy_after=HEALTHY, jitter=0.1, rng=random.Random(5)
-    )
+    p = ReconnectPolicy(base=BASE, ceiling=CEILING, healthy_after=HEALTHY, jitter=0.1, rng=random.Random(5))
     # (answered 2xx?, how long the attempt/connection lasts, how it ends)
     script = [
         (False, 2.0, Failure.REFUSED),  # 503

@@ -92,7 +92,7 @@ def test_anonymous_cursors_vanish_on_detach() -> None:
     book = CursorBook()
     a = book.attach(None, reset="smallest", oldest=0, tail=9, window_bytes=0)
     b = book.attach(None, reset=None, oldest=0, tail=9, window_bytes=0)
-    assert a.start == 9 and b.start == 9 and a.name != b.name  # anonymous always at the tail
+    assert a.start == 0 and b.start == 9 and a.name != b.name
     assert len(book) == 2
     book.detach(a)
     book.detach(b)

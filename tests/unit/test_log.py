@@ -7,7 +7,7 @@ from lsproxy.hub.log import MemoryLog
 
 
 def records(first: int, count: int, size: int = 10) -> list[bytes]:
-    return [f"{{\"n\":{i:0{size - 6}d}}}".encode() for i in range(first, first + count)]
+    return [f'{{"n":{i:0{size - 6}d}}}'.encode() for i in range(first, first + count)]
 
 
 def decode(data: bytes) -> list[bytes]:

@@ -180,10 +180,7 @@ def test_redirect_carries_max_connections_if_missing() -> None:
 
 def test_redirect_drops_fragment_and_keeps_location_query_verbatim() -> None:
     loc = "https://edge.example.net/s?a=%2F+b&maxConnections=1#frag"
-    assert (
-        follow_redirect(req(), 308, loc, 0).url
-        == "https://edge.example.net/s?a=%2F+b&maxConnections=1"
-    )
+    assert follow_redirect(req(), 308, loc, 0).url == "https://edge.example.net/s?a=%2F+b&maxConnections=1"
 
 
 def test_redirect_chain_up_to_the_limit() -> None:
@@ -221,9 +218,7 @@ def test_redirect_https_to_http_downgrade_is_refused() -> None:
 
 def test_redirect_http_to_http_and_http_to_https() -> None:
     r = build_request("http://127.0.0.1:8080/api/1/stream/demo", token=TOKEN, api_key=None)
-    assert follow_redirect(r, 302, "http://127.0.0.1:8081/s", 0).url.startswith(
-        "http://127.0.0.1:8081/s"
-    )
+    assert follow_redirect(r, 302, "http://127.0.0.1:8081/s", 0).url.startswith("http://127.0.0.1:8081/s")
     assert follow_redirect(r, 302, "https://secure.example/s", 0).url.startswith("https://")
 
 

@@ -24,7 +24,9 @@ def test_stream_routes_by_name_endpoint_or_suite(target: str) -> None:
 
 
 def test_consumer_id_from_query_or_header_and_reset() -> None:
-    assert route("/api/1/stream/dev?consumer=c1&reset=smallest") == StreamRequest("dev", "c1", "smallest", False)
+    assert route("/api/1/stream/dev?consumer=c1&reset=smallest") == StreamRequest(
+        "dev", "c1", "smallest", False
+    )
     assert route("/api/1/stream/dev", headers=[(b"x-consumer-id", b"c2")]).consumer == "c2"
     clash = route("/api/1/stream/dev?consumer=a", headers=[(b"x-consumer-id", b"b")])
     assert isinstance(clash, ErrorReply) and clash.status == 400
@@ -67,8 +69,16 @@ def test_endpoints() -> None:
 
 @pytest.mark.parametrize(
     ("header", "expected"),
-    [("gzip", True), ("gzip, deflate, br", True), ("deflate", False), ("", False), ("gzip;q=0", False),
-     ("GZIP;q=0.5", True), ("*", True), ("identity, gzip;q=bogus", False)],
+    [
+        ("gzip", True),
+        ("gzip, deflate, br", True),
+        ("deflate", False),
+        ("", False),
+        ("gzip;q=0", False),
+        ("GZIP;q=0.5", True),
+        ("*", True),
+        ("identity, gzip;q=bogus", False),
+    ],
 )
 def test_accepts_gzip(header: str, expected: bool) -> None:
     assert accepts_gzip(header) is expected
