@@ -52,7 +52,9 @@ class ProxyUnderTest:
             return r.status_code, r.json()
 
 
-def proxy_config(sim: SimUnderTest, *, streams: tuple[str, ...] = ("s1",), extra: str = "", **overrides: Any) -> Config:
+def proxy_config(
+    sim: SimUnderTest, *, streams: tuple[str, ...] = ("s1",), extra: str = "", **overrides: Any
+) -> Config:
     """A config for the proxy in front of ``sim``: fast delays, ephemeral port.
     Keyword arguments override [server] keys (``SERVER_KEYS``) or [upstream] keys."""
     server: dict[str, Any] = {
@@ -62,7 +64,12 @@ def proxy_config(sim: SimUnderTest, *, streams: tuple[str, ...] = ("s1",), extra
         "write_timeout": 2,
         "shutdown_grace": 1,
     }
-    settings = {"reconnect_delay": 0.3, "max_reconnect_delay": 2.0, "connect_timeout": 2, "healthy_after": 0.5}
+    settings = {
+        "reconnect_delay": 0.3,
+        "max_reconnect_delay": 2.0,
+        "connect_timeout": 2,
+        "healthy_after": 0.5,
+    }
     for key, value in overrides.items():
         (server if key in server or key == "replay_window_bytes" else settings)[key] = value
     lines = [
@@ -81,7 +88,11 @@ def proxy_config(sim: SimUnderTest, *, streams: tuple[str, ...] = ("s1",), extra
 
 @asynccontextmanager
 async def running(
-    sim_settings: SimSettings | None = None, *, streams: tuple[str, ...] = ("s1",), start_proxy: bool = True, **cfg: Any
+    sim_settings: SimSettings | None = None,
+    *,
+    streams: tuple[str, ...] = ("s1",),
+    start_proxy: bool = True,
+    **cfg: Any,
 ) -> AsyncIterator[tuple[SimUnderTest, ProxyUnderTest | None]]:
     """Simulator (and proxy) in a nursery; both torn down on exit."""
     settings = sim_settings or SimSettings()
@@ -89,7 +100,9 @@ async def running(
         settings,
         port=0,
         token="sim-secret-token-123",
-        streams=settings.streams if sim_settings else tuple(SimStream(s, f"suite-{s}", 200.0) for s in streams),
+        streams=settings.streams
+        if sim_settings
+        else tuple(SimStream(s, f"suite-{s}", 200.0) for s in streams),
     )
     async with trio.open_nursery() as nursery:
         sim = Simulator(settings)

@@ -368,3 +368,13 @@ async def test_many_connections_across_streams(nursery) -> None:
                 inner.start_soon(consume, s.endpoint, tag)
     assert len(got) == 100
     assert sum(s["accepted"] for s in sim.stats()["streams"].values()) == 100
+
+
+async def test_generation_follows_the_trio_clock(nursery, autojump_clock) -> None:
+    sim, _ = await start(nursery, streams=(SimStream("s1", rate=100),))
+    await trio.sleep(10)  # virtual seconds
+    assert 990 <= st(sim)["produced"] <= 1010
+    sim.set_rate("s1", 0)
+    before = st(sim)["produced"]
+    await trio.sleep(5)
+    assert st(sim)["produced"] == before

@@ -1,0 +1,155 @@
+"""Pure request rules of the simulated Live Stream API (no I/O).
+
+The checks of a stream connection run in the documented order: unknown
+endpoint 404, non-GET 405, HTTP version 505, bearer token 401, api key 401,
+gzip 406, ``maxConnections`` 400, ``smoothingBucketSize`` 400 (and an
+unknown ``reset`` value 400). Everything after that (slots, failures
+injected by tests, rate 0) depends on the stream's live state: see
+``stream.StreamState.admit``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+from lsproxy.simulator.settings import SimSettings
+
+STREAM_PATH = re.compile(r"^/api/([12])/stream/([^/]+)$")
+NODE_PATH = re.compile(r"^/_sim/node/([12])/stream/([^/]+)$")
+_DIGITS = re.compile(r"^[0-9]{1,6}$")
+
+ERROR_NAMES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "too_many_connections",
+    500: "internal_server_error",
+    502: "bad_gateway",
+    503: "service_unavailable",
+    505: "http_version_not_supported",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """A parsed request head: lower-case header names, first value of each query key."""
+
+    method: str
+    target: str
+    http_version: str
+    headers: dict[str, str]
+    path: str = field(init=False)
+    query_string: str = field(init=False)
+    query: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.target)
+        object.__setattr__(self, "path", parts.path)
+        object.__setattr__(self, "query_string", parts.query)
+        parsed = parse_qs(parts.query, keep_blank_values=True)
+        object.__setattr__(self, "query", {k: v[0] for k, v in parsed.items()})
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An error answer: status plus Live Stream-style JSON error body."""
+
+    status: int
+    error: str
+    description: str
+
+    def body(self) -> bytes:
+        return json.dumps({"error": self.error, "error_description": self.description}).encode()
+
+
+def refusal(status: int, description: str) -> Refusal:
+    return Refusal(status, ERROR_NAMES.get(status, "error"), description)
+
+
+@dataclass(frozen=True)
+class StreamParams:
+    max_connections: int
+    reset: str | None
+    smoothing_bucket_size: int
+
+
+def authorization_ok(headers: dict[str, str], token: str) -> bool:
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and value.strip() == token
+
+
+def accepts_gzip(headers: dict[str, str]) -> bool:
+    for item in headers.get("accept-encoding", "").split(","):
+        name, _, params = item.strip().partition(";")
+        if name.strip().lower() != "gzip":
+            continue
+        q = params.strip()
+        if q.lower().startswith("q="):
+            try:
+                return float(q[2:]) > 0
+            except ValueError:
+                return False
+        return True
+    return False
+
+
+def _int_param(query: dict[str, str], name: str, default: int, lo: int, hi: int) -> int | None:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not _DIGITS.match(raw) or not lo <= int(raw) <= hi:
+        return None
+    return int(raw)
+
+
+def check_stream_request(req: Request, settings: SimSettings) -> StreamParams | Refusal:
+    """Everything a stream connection must satisfy before the live state is consulted.
+
+    The caller has already matched the path to a known endpoint (else 404).
+    """
+    if req.method != "GET":
+        return refusal(405, f"method {req.method} not allowed; use GET")
+    if req.http_version != "1.1":
+        return refusal(505, f"HTTP/{req.http_version} not supported; use HTTP/1.1")
+    if not authorization_ok(req.headers, settings.token):
+        has = "authorization" in req.headers
+        return refusal(401, "invalid bearer token" if has else "missing bearer token")
+    if settings.api_key is not None and req.headers.get("x-api-key") != settings.api_key:
+        return refusal(401, "x-api-key missing or invalid")
+    if not accepts_gzip(req.headers):
+        return refusal(406, "Accept-Encoding must include gzip")
+    max_conns = _int_param(req.query, "maxConnections", 1, 1, 8)
+    if max_conns is None:
+        return refusal(400, "maxConnections must be an integer between 1 and 8")
+    bucket = _int_param(req.query, "smoothingBucketSize", 270, 1, 7200)
+    if bucket is None:
+        return refusal(400, "smoothingBucketSize must be an integer between 1 and 7200")
+    reset = req.query.get("reset")
+    if reset is not None and reset not in ("smallest", "largest"):
+        return refusal(400, "reset must be smallest or largest")
+    return StreamParams(max_conns, reset, bucket)
+
+
+def masked_headers(headers: dict[str, str], token: str) -> dict[str, object]:
+    """Request headers for /_sim/stats: Authorization masked, plus authorization_ok."""
+    out: dict[str, object] = dict(headers)
+    if "authorization" in out:
+        scheme = headers["authorization"].partition(" ")[0]
+        out["authorization"] = f"{scheme} ***" if scheme else "***"
+    out["authorization_ok"] = authorization_ok(headers, token)
+    return out
+
+
+def redirect_location(req: Request, version: str, endpoint: str, port: int) -> str:
+    """A cross-origin node URL: reached as localhost -> 127.0.0.1, otherwise -> localhost."""
+    host = req.headers.get("host", "")
+    hostname = host.rsplit(":", 1)[0] if not host.startswith("[") else host
+    node_host = "127.0.0.1" if hostname.lower() == "localhost" else "localhost"
+    query = f"?{req.query_string}" if req.query_string else ""
+    return f"http://{node_host}:{port}/_sim/node/{version}/stream/{endpoint}{query}"
