@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -145,3 +146,32 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         result = lsproxy("run", "--config", str(config))
     assert result.returncode == 1
     assert f"cannot serve on 127.0.0.1:{port}" in result.stderr
+
+
+def test_readme_demo_command_serves_records_and_stops_on_ctrl_c() -> None:
+    """`scripts/demo` (the README's main job) on its fixed ports 8090 and 8080."""
+    for port in (8080, 8090):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is busy: stop what uses it first"
+    demo = subprocess.Popen(
+        [str(ROOT / "scripts" / "demo")], stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        wait_until(lambda: httpx.get("http://127.0.0.1:8080/readyz").status_code == 200, timeout=60)
+        with httpx.stream(
+            "GET", "http://127.0.0.1:8080/api/1/stream/demo", headers={"Accept-Encoding": "gzip"}
+        ) as response:
+            hits = []
+            for line in response.iter_lines():
+                if line:
+                    hits.append(json.loads(line))
+                if len(hits) == 3:
+                    break
+        assert {hit["reportSuite"] for hit in hits} == {"simsuite"}
+        os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        _, stderr = demo.communicate(timeout=20)
+        assert demo.returncode == 0, stderr
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.communicate()

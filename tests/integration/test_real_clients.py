@@ -54,6 +54,20 @@ async def test_node_client_with_zlib_gunzip() -> None:
         assert len(seqs) == 50 and seqs == list(range(seqs[0], seqs[0] + 50))
 
 
+async def test_java_client_with_gzip_input_stream() -> None:
+    java = shutil.which("java")
+    if java is None:
+        pytest.fail("java is required on the test machine")
+    async with running() as (_, proxy):
+        result = await trio.run_process(
+            [java, str(CLIENTS / "JavaConsumer.java"), proxy.url("suite-s1", "consumer=java"), "50"],
+            capture_stdout=True,
+            check=True,
+        )
+        seqs = [int(x) for x in result.stdout.split()]
+        assert len(seqs) == 50 and seqs == list(range(seqs[0], seqs[0] + 50))
+
+
 async def test_killed_named_consumer_receives_every_record_in_order(tmp_path: Path) -> None:
     """SIGKILL a named consumer again and again: together its lives saw every record."""
     rng = random.Random(3)
