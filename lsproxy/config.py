@@ -1,58 +1,106 @@
 """Load and validate the lsproxy TOML configuration.
 
-This is a pure module (no I/O besides reading the file, no trio, no httpx).
-Every problem raises :class:`~lsproxy.errors.ConfigError` with one line of the
-form ``"<file>: <dotted key>: <problem>"``. No message, warning or ``repr``
-ever contains a credential value: tokens and API keys are wrapped in
+This is a pure module (stdlib only: no trio, no httpx; its only I/O is reading
+the file and checking the paths it names). Every problem raises
+:class:`~lsproxy.errors.ConfigError` with one line of the form
+``"<file>: <dotted key>: <problem>"``. No message, warning or ``repr`` ever
+contains a credential value: tokens, API keys and client secrets are wrapped in
 :class:`~lsproxy.secret.Secret` as soon as they are read, and values found
-under ``[credentials]`` are never echoed.
+under ``[credentials]`` are never echoed. Credential sets are parsed in
+:mod:`lsproxy.config_credentials`; their public names are re-exported here.
 
 Layout (all tables but ``[credentials.*]`` and ``[streams.*]`` are optional)::
 
     [server]                 listen, heartbeat_interval, request_timeout,
                              write_timeout, shutdown_grace, replay_window_bytes
+    [storage]                dir, durable, retention_seconds, retention_bytes,
+                             memory_bytes, commit_interval, heartbeat_interval
     [upstream]               reconnect_delay, max_reconnect_delay, connect_timeout,
-                             idle_timeout, healthy_after  (defaults for every stream)
-    [credentials.<name>]     token | token_env, optional api_key | api_key_env
-    [streams.<name>]         url, report_suite, credentials, retention_bytes,
-                             and any [upstream] key as an override
+                             idle_timeout, healthy_after, connections, smoothing,
+                             smoothing_bucket_size, dedup_window_records,
+                             dedup_window_seconds  (defaults for every stream)
+    [credentials.<name>]     kind = "static": token | token_env | token_file,
+                               optional api_key | api_key_env;
+                             kind = "oauth": client_id | client_id_env,
+                               client_secret_env | client_secret_file, scopes,
+                               optional token_url, api_key | api_key_env
+    [streams.<name>]         url, report_suite, credentials, initial_reset,
+                             retention_bytes, retention_seconds (default from
+                             [storage]), and any [upstream] key as an override
+
+Relative paths (``storage.dir``, ``token_file``, ``client_secret_file``) are
+relative to the directory of the configuration file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import difflib
 import ipaddress
-import json
-import math
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NoReturn
-from urllib.parse import urlsplit
+from typing import Any
 
+from lsproxy.config_credentials import (
+    CREDENTIAL_KINDS,
+    CREDENTIAL_SET_KEYS,
+    DEFAULT_TOKEN_URL,
+    MAX_SECRET_FILE_BYTES,
+    Credentials,
+    OAuthSettings,
+    _CredentialsParser,
+    _describe,
+    _dotted,
+    _is_loopback,
+    _Key,
+    _one_line,
+    _quote,
+    _seconds,
+    read_secret_file,
+)
 from lsproxy.errors import ConfigError
-from lsproxy.secret import Secret
 
 __all__ = [
     "ADOBE_MIN_RECONNECT_DELAY",
+    "CREDENTIAL_KINDS",
+    "DEFAULT_MEMORY_BYTES",
     "DEFAULT_RETENTION_BYTES",
+    "DEFAULT_RETENTION_SECONDS",
+    "DEFAULT_STORAGE_DIR",
+    "DEFAULT_TOKEN_URL",
+    "INITIAL_RESETS",
+    "MAX_CONNECTIONS",
+    "MAX_SECRET_FILE_BYTES",
+    "MAX_SMOOTHING_BUCKET_SIZE",
+    "MIN_MEMORY_BYTES",
     "MIN_RETENTION_BYTES",
     "Config",
     "Credentials",
+    "OAuthSettings",
     "ServerConfig",
+    "StorageConfig",
     "StreamConfig",
     "UpstreamSettings",
     "load_config",
     "parse_config",
+    "read_secret_file",
 ]
 
-DEFAULT_RETENTION_BYTES = 256 * 1024 * 1024
+DEFAULT_RETENTION_BYTES = 2 * 1024**3
+DEFAULT_RETENTION_SECONDS = 86400.0
+DEFAULT_MEMORY_BYTES = 64 * 1024**2
 MIN_RETENTION_BYTES = 1024 * 1024
+MIN_MEMORY_BYTES = 1024 * 1024
+#: storage.dir when absent, relative to the configuration file's directory.
+DEFAULT_STORAGE_DIR = "data"
+#: Adobe's maxConnections range is 1..8.
+MAX_CONNECTIONS = 8
+#: Adobe's smoothingBucketSize range is 1..7200 seconds.
+MAX_SMOOTHING_BUCKET_SIZE = 7200
+INITIAL_RESETS = ("smallest", "largest")
 #: Adobe asks clients to wait about a minute before reconnecting.
 ADOBE_MIN_RECONNECT_DELAY = 60.0
 
@@ -80,15 +128,30 @@ class UpstreamSettings:
     connect_timeout: float = 10.0
     idle_timeout: float = 0.0
     healthy_after: float = 60.0
+    #: Upstream connections for the stream, 1..8; each sends maxConnections=connections.
+    connections: int = 1
+    #: Sent as smoothing=1 when true.
+    smoothing: bool = False
+    #: 1..7200 s, sent as smoothingBucketSize; only with smoothing (None: Adobe's default).
+    smoothing_bucket_size: int | None = None
+    #: Records remembered for de-duplication (hitIdHigh + hitIdLow); 0 disables it.
+    dedup_window_records: int = 200_000
+    dedup_window_seconds: float = 900.0
 
 
 @dataclass(frozen=True)
-class Credentials:
-    name: str
-    token: Secret
-    api_key: Secret | None
-    #: Where the token came from, safe to log: "env LSPROXY_ADOBE_TOKEN" or "inline".
-    source: str
+class StorageConfig:
+    #: Absolute path of the data directory (it need not exist yet).
+    dir: str
+    #: False: in memory only, nothing on disk.
+    durable: bool = True
+    retention_seconds: float = DEFAULT_RETENTION_SECONDS
+    retention_bytes: int = DEFAULT_RETENTION_BYTES
+    #: Hot tail kept in RAM, per stream.
+    memory_bytes: int = DEFAULT_MEMORY_BYTES
+    commit_interval: float = 1.0
+    #: How often a connected stream records "still connected".
+    heartbeat_interval: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -99,7 +162,9 @@ class StreamConfig:
     report_suite: str | None
     credentials: Credentials
     upstream: UpstreamSettings
-    retention_bytes: int = DEFAULT_RETENTION_BYTES
+    retention_bytes: int  # default: [storage] retention_bytes
+    retention_seconds: float  # default: [storage] retention_seconds
+    initial_reset: str | None = None  # "smallest", "largest" or None
 
     @property
     def route_keys(self) -> tuple[str, ...]:
@@ -114,6 +179,7 @@ class StreamConfig:
 class Config:
     path: str
     server: ServerConfig
+    storage: StorageConfig
     streams: tuple[StreamConfig, ...]
     routes: Mapping[str, str] = field(hash=False)  # route key -> stream name (read-only)
     warnings: tuple[str, ...]
@@ -125,10 +191,16 @@ class Config:
 
 
 def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate the TOML file at *path*."""
+    """Read and validate the TOML file at *path*.
+
+    Relative paths in it are relative to its directory. Besides what
+    :func:`parse_config` reports, warns when the file holds a secret inline
+    and others may read it.
+    """
     name = os.fspath(path)
     try:
         with open(name, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
             data = f.read()
     except OSError as exc:
         reason = exc.strerror or str(exc)
@@ -139,26 +211,45 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
         raise ConfigError(
             _one_line(f"{name}: cannot read config: not UTF-8 (bad byte at offset {exc.start})")
         ) from None
-    return parse_config(text, path=name, environ=environ)
+    base_dir = os.path.dirname(os.path.abspath(name))
+    return _parse(text, name, environ, base_dir, mode)
 
 
-def parse_config(text: str, *, path: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:
-    """Validate TOML *text*; *path* is only used in messages."""
+def parse_config(
+    text: str,
+    *,
+    path: str = "<config>",
+    environ: Mapping[str, str] | None = None,
+    base_dir: str | None = None,
+) -> Config:
+    """Validate TOML *text*; *path* is used in messages.
+
+    Relative paths are resolved against *base_dir*; by default the directory
+    of *path*, or the current directory when *path* is a placeholder such as
+    ``"<config>"``.
+    """
+    if base_dir is None:
+        pseudo = path.startswith("<") and path.endswith(">")
+        base_dir = os.getcwd() if pseudo else os.path.dirname(os.path.abspath(path))
+    return _parse(text, path, environ, os.path.abspath(base_dir), None)
+
+
+def _parse(
+    text: str, path: str, environ: Mapping[str, str] | None, base_dir: str, file_mode: int | None
+) -> Config:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(_one_line(f"{path}: {_toml_error(exc)}")) from None
     env = os.environ if environ is None else environ
-    return _Parser(path, env).parse(raw)
+    return _Parser(path, env, base_dir, file_mode).parse(raw)
 
 
 # --------------------------------------------------------------------------- #
 # Implementation
 # --------------------------------------------------------------------------- #
 
-_Key = tuple[str, ...]
-
-_TOP_KEYS = ("server", "upstream", "credentials", "streams")
+_TOP_KEYS = ("server", "storage", "upstream", "credentials", "streams")
 _SERVER_KEYS = (
     "listen",
     "heartbeat_interval",
@@ -167,48 +258,54 @@ _SERVER_KEYS = (
     "shutdown_grace",
     "replay_window_bytes",
 )
+_STORAGE_KEYS = tuple(f.name for f in dataclasses.fields(StorageConfig))
+_STORAGE_ONLY_KEYS = ("dir", "durable", "memory_bytes", "commit_interval")
+_RETENTION_KEYS = ("retention_bytes", "retention_seconds")
 _UPSTREAM_KEYS = tuple(f.name for f in dataclasses.fields(UpstreamSettings))
-_CREDENTIAL_KEYS = ("token", "token_env", "api_key", "api_key_env")
-_STREAM_OWN_KEYS = ("url", "report_suite", "credentials", "retention_bytes")
+_STREAM_OWN_KEYS = ("url", "report_suite", "credentials", "initial_reset", *_RETENTION_KEYS)
 _STREAM_KEYS = _STREAM_OWN_KEYS + _UPSTREAM_KEYS
-
-# Durations where 0 would mean "time out immediately" rather than "off".
-_POSITIVE_DURATIONS = frozenset({"request_timeout", "write_timeout", "connect_timeout"})
 
 _CREDENTIALS_ELSEWHERE = (
     'credentials belong in a [credentials.<name>] table; reference it here with credentials = "<name>"'
 )
+_HEARTBEATS = (
+    "heartbeat_interval belongs in [server] (keep-alive to consumers) "
+    'or [storage] (the "still connected" record)'
+)
+_PER_STREAM = {"initial_reset": "initial_reset is set per stream, in [streams.<name>]"}
 _HINTS: dict[str, dict[str, str]] = {
     "server": {
         "host": 'use listen = "host:port"',
         "port": 'use listen = "host:port"',
-        "retention_bytes": "retention_bytes is set per stream, in [streams.<name>]",
         **{k: f"{k} belongs in [upstream] or [streams.<name>]" for k in _UPSTREAM_KEYS},
+        **{k: f"{k} belongs in [storage]" for k in _STORAGE_ONLY_KEYS},
+        **{k: f"{k} belongs in [storage] or [streams.<name>]" for k in _RETENTION_KEYS},
+        **_PER_STREAM,
+    },
+    "storage": {
+        **{k: f"{k} belongs in [server]" for k in _SERVER_KEYS if k not in _STORAGE_KEYS},
+        **{k: f"{k} belongs in [upstream] or [streams.<name>]" for k in _UPSTREAM_KEYS},
+        **_PER_STREAM,
     },
     "upstream": {
-        "retention_bytes": "retention_bytes is set per stream, in [streams.<name>]",
         **{k: f"{k} belongs in [server]" for k in _SERVER_KEYS},
+        "heartbeat_interval": _HEARTBEATS,
+        **{k: f"{k} belongs in [storage]" for k in _STORAGE_ONLY_KEYS},
+        **{k: f"{k} belongs in [storage] or [streams.<name>]" for k in _RETENTION_KEYS},
+        **_PER_STREAM,
     },
     "stream": {
-        "token": _CREDENTIALS_ELSEWHERE,
-        "token_env": _CREDENTIALS_ELSEWHERE,
-        "api_key": _CREDENTIALS_ELSEWHERE,
-        "api_key_env": _CREDENTIALS_ELSEWHERE,
+        **{k: _CREDENTIALS_ELSEWHERE for k in CREDENTIAL_SET_KEYS if k != "kind"},
         "endpoint": "the endpoint is the last path segment of url",
         **{k: f"{k} belongs in [server]" for k in _SERVER_KEYS},
+        "heartbeat_interval": _HEARTBEATS,
+        **{k: f"{k} is set for all streams, in [storage]" for k in _STORAGE_ONLY_KEYS},
     },
-    "credentials": {},
     "top": {},
 }
 
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TOML_POS = re.compile(r"^(?P<msg>.*?)\s*\((?:at )?line (?P<line>\d+), column (?P<col>\d+)\)$")
 _TOML_END = re.compile(r"^(?P<msg>.*?)\s*\(at end of document\)$")
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.splitlines())
 
 
 def _toml_error(exc: tomllib.TOMLDecodeError) -> str:
@@ -220,45 +317,6 @@ def _toml_error(exc: tomllib.TOMLDecodeError) -> str:
     if m:
         return f"end of document: {m['msg']}"
     return f"invalid TOML: {msg}"
-
-
-def _dotted(key: _Key) -> str:
-    return ".".join(p if _BARE_KEY.fullmatch(p) else json.dumps(p) for p in key)
-
-
-def _quote(s: str) -> str:
-    if len(s) > 60:
-        s = s[:57] + "..."
-    return json.dumps(s, ensure_ascii=False)
-
-
-def _describe(value: Any, *, show: bool = True) -> str:
-    """Name a TOML value's type, with the value itself only when *show*."""
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}" if show else "boolean"
-    if isinstance(value, int):
-        return f"integer {value}" if show else "integer"
-    if isinstance(value, float):
-        return f"float {value}" if show else "float"
-    if isinstance(value, str):
-        return f"string {_quote(value)}" if show else "string"
-    if isinstance(value, dict):
-        return "table"
-    if isinstance(value, list):
-        if value and all(isinstance(v, dict) for v in value):
-            return "array of tables"
-        return "array"
-    if isinstance(value, datetime.datetime):
-        return "date-time"
-    if isinstance(value, datetime.date):
-        return "date"
-    if isinstance(value, datetime.time):
-        return "time"
-    return type(value).__name__
-
-
-def _seconds(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _route_problem(key: str) -> str | None:
@@ -274,86 +332,46 @@ def _route_problem(key: str) -> str | None:
     return None
 
 
-def _is_loopback(host: str) -> bool:
-    host = host.lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def _secret_problem(value: str) -> str | None:
-    """What is wrong with a token/API key, never mentioning its content."""
-    if value == "":
-        return "is empty"
-    if all("\x21" <= c <= "\x7e" for c in value):
-        return None
-    if value.lower().startswith("bearer "):
-        return "starts with 'Bearer ': give the bare token, lsproxy adds the prefix"
-    stripped = value.strip()
-    if stripped != value and all("\x21" <= c <= "\x7e" for c in stripped):
-        return "has leading or trailing whitespace (a stray newline?)"
-    return "contains whitespace, control or non-ASCII characters"
-
-
-class _Parser:
-    def __init__(self, path: str, environ: Mapping[str, str]) -> None:
-        self.path = path
-        self.environ = environ
-        self.warnings: list[str] = []
+class _Parser(_CredentialsParser):
+    def __init__(self, path: str, environ: Mapping[str, str], base_dir: str, file_mode: int | None) -> None:
+        super().__init__(path, environ, base_dir, file_mode)
         self.inherit_reconnect = False  # some stream uses [upstream]'s reconnect_delay
 
-    # -- helpers ------------------------------------------------------------ #
+    # -- typed values ------------------------------------------------------- #
 
-    def fail(self, key: _Key, problem: str) -> NoReturn:
-        raise ConfigError(_one_line(f"{self.path}: {_dotted(key)}: {problem}"))
-
-    def warn(self, key: _Key, note: str) -> None:
-        self.warnings.append(_one_line(f"{self.path}: {_dotted(key)}: {note}"))
-
-    def table(self, value: Any, key: _Key, *, header: str, show: bool = True) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            got = _describe(value, show=show)
-            self.fail(key, f"expected a table ({header}), got {got}")
+    def boolean(self, value: Any, key: _Key) -> bool:
+        if not isinstance(value, bool):
+            self.fail(key, f"expected true or false, got {_describe(value)}")
         return value
 
-    def check_keys(
-        self, table: Mapping[str, Any], allowed: tuple[str, ...], key: _Key, hints: Mapping[str, str]
-    ) -> None:
-        for name in table:
-            if name in allowed:
-                continue
-            if name in hints:
-                self.fail((*key, name), f"unknown key ({hints[name]})")
-            close = difflib.get_close_matches(name, allowed, n=1)
-            if close:
-                self.fail((*key, name), f"unknown key (did you mean {close[0]!r}?)")
-            self.fail((*key, name), f"unknown key (expected one of: {', '.join(allowed)})")
+    def integer(self, value: Any, key: _Key, *, unit: str, low: int, high: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(key, f"expected an integer number of {unit}, got {_describe(value)}")
+        if high is None and value < low:
+            self.fail(key, f"must be >= {low}, got {value}")
+        if high is not None and not low <= value <= high:
+            self.fail(key, f"must be {low}..{high} {unit}, got {value}")
+        return value
 
-    def duration(self, value: Any, key: _Key) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(key, f"expected a number of seconds, got {_describe(value)}")
-        if not math.isfinite(value):
-            self.fail(key, f"expected a finite number of seconds, got {value}")
-        if value < 0:
-            self.fail(key, f"must be >= 0 seconds, got {_seconds(value)}")
-        if value == 0 and key[-1] in _POSITIVE_DURATIONS:
-            self.fail(key, "must be > 0 seconds (0 would time out at once)")
-        return float(value)
+    def byte_count(self, value: Any, key: _Key, *, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(key, f"expected an integer number of bytes, got {_describe(value)}")
+        if value < minimum:
+            self.fail(key, f"must be at least {minimum} ({minimum // (1024 * 1024)} MiB), got {value}")
+        return value
 
     # -- sections ----------------------------------------------------------- #
 
     def parse(self, raw: dict[str, Any]) -> Config:
         self.check_keys(raw, _TOP_KEYS, (), _HINTS["top"])
         server = self.server(raw.get("server", {}))
+        storage = self.storage(raw.get("storage", {}))
         upstream_raw = self.table(raw.get("upstream", {}), ("upstream",), header="[upstream]")
         upstream, upstream_set = self.upstream(
             upstream_raw, ("upstream",), UpstreamSettings(), inherited=False
         )
         credentials = self.credentials(raw.get("credentials"))
-        streams = self.streams(raw.get("streams"), credentials, upstream)
+        streams = self.streams(raw.get("streams"), credentials, upstream, storage)
         routes = self.routes(streams)
 
         if (
@@ -362,14 +380,18 @@ class _Parser:
             and self.inherit_reconnect
         ):
             self.warn(("upstream", "reconnect_delay"), _reconnect_note(upstream.reconnect_delay))
-        used = {s.credentials.name for s in streams}
+        users: dict[str, list[str]] = {}
+        for s in streams:
+            users.setdefault(s.credentials.name, []).append(s.url)
         for name in credentials:
-            if name not in used:
+            if name not in users:
                 self.warn(("credentials", name), "not used by any stream")
+        self.inline_secret_warnings(credentials, users)
 
         return Config(
             path=self.path,
             server=server,
+            storage=storage,
             streams=tuple(streams),
             routes=MappingProxyType(routes),
             warnings=tuple(self.warnings),
@@ -382,9 +404,12 @@ class _Parser:
         kwargs: dict[str, Any] = {}
         if "listen" in t:
             kwargs["host"], kwargs["port"] = self.listen(t["listen"], (*key, "listen"))
-        for name in ("heartbeat_interval", "request_timeout", "write_timeout", "shutdown_grace"):
+        for name in ("heartbeat_interval", "shutdown_grace"):
             if name in t:
                 kwargs[name] = self.duration(t[name], (*key, name))
+        for name in ("request_timeout", "write_timeout"):
+            if name in t:
+                kwargs[name] = self.duration(t[name], (*key, name), nonzero="0 would time out at once")
         if "replay_window_bytes" in t:
             kwargs["replay_window_bytes"] = self.replay_window(
                 t["replay_window_bytes"], (*key, "replay_window_bytes")
@@ -433,13 +458,56 @@ class _Parser:
             return value
         self.fail(key, f'expected "auto" or an integer >= 0 (bytes), got {_describe(value)}')
 
+    def storage(self, value: Any) -> StorageConfig:
+        key: _Key = ("storage",)
+        t = self.table(value, key, header="[storage]")
+        self.check_keys(t, _STORAGE_KEYS, key, _HINTS["storage"])
+        dkey = (*key, "dir")
+        if "dir" in t:
+            directory = self.path_value(t["dir"], dkey)
+        else:
+            directory = os.path.normpath(os.path.join(self.base_dir, DEFAULT_STORAGE_DIR))
+        kwargs: dict[str, Any] = {"dir": directory}
+        if "durable" in t:
+            kwargs["durable"] = self.boolean(t["durable"], (*key, "durable"))
+        for name in ("retention_seconds", "commit_interval", "heartbeat_interval"):
+            if name in t:
+                kwargs[name] = self.duration(t[name], (*key, name), nonzero="")
+        if "retention_bytes" in t:
+            kwargs["retention_bytes"] = self.byte_count(
+                t["retention_bytes"], (*key, "retention_bytes"), minimum=MIN_RETENTION_BYTES
+            )
+        if "memory_bytes" in t:
+            kwargs["memory_bytes"] = self.byte_count(
+                t["memory_bytes"], (*key, "memory_bytes"), minimum=MIN_MEMORY_BYTES
+            )
+        storage = StorageConfig(**kwargs)
+        if storage.durable and os.path.lexists(directory) and not os.path.isdir(directory):
+            self.fail(dkey, f"{directory} exists but is not a directory")
+        return storage
+
+    def upstream_value(self, name: str, value: Any, key: _Key) -> Any:
+        if name == "connections":
+            return self.integer(value, key, unit="connections", low=1, high=MAX_CONNECTIONS)
+        if name == "smoothing":
+            return self.boolean(value, key)
+        if name == "smoothing_bucket_size":
+            return self.integer(value, key, unit="seconds", low=1, high=MAX_SMOOTHING_BUCKET_SIZE)
+        if name == "dedup_window_records":
+            return self.integer(value, key, unit="records", low=0)
+        if name == "connect_timeout":
+            return self.duration(value, key, nonzero="0 would time out at once")
+        return self.duration(value, key)
+
     def upstream(
         self, t: Mapping[str, Any], key: _Key, base: UpstreamSettings, *, inherited: bool
     ) -> tuple[UpstreamSettings, set[str]]:
         """Apply the upstream keys present in *t* on top of *base*."""
         if not inherited:
             self.check_keys(t, _UPSTREAM_KEYS, key, _HINTS["upstream"])
-        values = {name: self.duration(t[name], (*key, name)) for name in _UPSTREAM_KEYS if name in t}
+        values = {
+            name: self.upstream_value(name, t[name], (*key, name)) for name in _UPSTREAM_KEYS if name in t
+        }
         settings = dataclasses.replace(base, **values)
         low, high = settings.reconnect_delay, settings.max_reconnect_delay
         if high < low:
@@ -454,73 +522,19 @@ class _Parser:
                 (*key, "reconnect_delay"),
                 f"{_seconds(low)} s exceeds max_reconnect_delay ({_seconds(high)} s{origin})",
             )
+        if not settings.smoothing and settings.smoothing_bucket_size is not None:
+            if "smoothing_bucket_size" in values:
+                self.fail(key, "smoothing_bucket_size needs smoothing = true")
+            # The stream turned off the smoothing [upstream] turned on: drop its bucket size too.
+            settings = dataclasses.replace(settings, smoothing_bucket_size=None)
         return settings, set(values)
 
-    def credentials(self, value: Any) -> dict[str, Credentials]:
-        key: _Key = ("credentials",)
-        none_msg = (
-            "no credential sets defined: add one, e.g. [credentials.adobe] "
-            'with token_env = "LSPROXY_ADOBE_TOKEN"'
-        )
-        if value is None:
-            self.fail(key, none_msg)
-        t = self.table(value, key, header="[credentials.<name>]", show=False)
-        if not t:
-            self.fail(key, none_msg)
-        result: dict[str, Credentials] = {}
-        for name, body in t.items():
-            ckey = (*key, name)
-            body = self.table(body, ckey, header=f"[credentials.{_dotted((name,))}]", show=False)
-            self.check_keys(body, _CREDENTIAL_KEYS, ckey, _HINTS["credentials"])
-            token, source = self.secret(body, ckey, "token", required=True)
-            assert token is not None
-            api_key, _ = self.secret(body, ckey, "api_key", required=False)
-            result[name] = Credentials(name=name, token=token, api_key=api_key, source=source)
-        return result
-
-    def secret(
-        self, body: Mapping[str, Any], ckey: _Key, name: str, *, required: bool
-    ) -> tuple[Secret | None, str]:
-        env_name = f"{name}_env"
-        if name in body and env_name in body:
-            self.fail(ckey, f"set either {name} or {env_name}, not both")
-        if name in body:
-            value = body[name]
-            if not isinstance(value, str):
-                self.fail((*ckey, name), f"expected a string, got {_describe(value, show=False)}")
-            problem = _secret_problem(value)
-            if problem:
-                self.fail((*ckey, name), problem)
-            return Secret(value), "inline"
-        if env_name in body:
-            var = body[env_name]
-            vkey = (*ckey, env_name)
-            if not isinstance(var, str):
-                self.fail(
-                    vkey, f"expected the name of an environment variable, got {_describe(var, show=False)}"
-                )
-            if not _ENV_NAME.fullmatch(var):
-                # Do not echo it: people paste the token itself here by mistake.
-                self.fail(
-                    vkey,
-                    "not a valid environment variable name (letters, digits, '_'); "
-                    f'to give the value itself use {name} = "..."',
-                )
-            value = self.environ.get(var)
-            if value is None:
-                self.fail(vkey, f"environment variable {var} is not set")
-            if value == "":
-                self.fail(vkey, f"environment variable {var} is set but empty")
-            problem = _secret_problem(value)
-            if problem:
-                self.fail(vkey, f"environment variable {var} {problem}")
-            return Secret(value), f"env {var}"
-        if required:
-            self.fail(ckey, f'missing {env_name} (e.g. {env_name} = "LSPROXY_ADOBE_TOKEN") or {name}')
-        return None, ""
-
     def streams(
-        self, value: Any, credentials: Mapping[str, Credentials], upstream: UpstreamSettings
+        self,
+        value: Any,
+        credentials: Mapping[str, Credentials],
+        upstream: UpstreamSettings,
+        storage: StorageConfig,
     ) -> list[StreamConfig]:
         key: _Key = ("streams",)
         none_msg = (
@@ -532,10 +546,15 @@ class _Parser:
         t = self.table(value, key, header="[streams.<name>]")
         if not t:
             self.fail(key, none_msg)
-        return [self.stream(name, body, credentials, upstream) for name, body in t.items()]
+        return [self.stream(name, body, credentials, upstream, storage) for name, body in t.items()]
 
     def stream(
-        self, name: str, body: Any, credentials: Mapping[str, Credentials], upstream: UpstreamSettings
+        self,
+        name: str,
+        body: Any,
+        credentials: Mapping[str, Credentials],
+        upstream: UpstreamSettings,
+        storage: StorageConfig,
     ) -> StreamConfig:
         skey: _Key = ("streams", name)
         body = self.table(body, skey, header=f"[streams.{_dotted((name,))}]")
@@ -559,14 +578,24 @@ class _Parser:
 
         creds = self.stream_credentials(body, skey, credentials)
 
-        retention = body.get("retention_bytes", DEFAULT_RETENTION_BYTES)
-        if isinstance(retention, bool) or not isinstance(retention, int):
-            self.fail(
-                (*skey, "retention_bytes"), f"expected an integer number of bytes, got {_describe(retention)}"
+        retention_bytes = storage.retention_bytes
+        if "retention_bytes" in body:
+            retention_bytes = self.byte_count(
+                body["retention_bytes"], (*skey, "retention_bytes"), minimum=MIN_RETENTION_BYTES
             )
-        if retention < MIN_RETENTION_BYTES:
+        retention_seconds = storage.retention_seconds
+        if "retention_seconds" in body:
+            retention_seconds = self.duration(
+                body["retention_seconds"], (*skey, "retention_seconds"), nonzero=""
+            )
+
+        initial_reset = body.get("initial_reset")
+        if initial_reset is not None and (
+            not isinstance(initial_reset, str) or initial_reset not in INITIAL_RESETS
+        ):
             self.fail(
-                (*skey, "retention_bytes"), f"must be at least {MIN_RETENTION_BYTES} (1 MiB), got {retention}"
+                (*skey, "initial_reset"),
+                f'expected "smallest" or "largest", got {_describe(initial_reset)}',
             )
 
         settings, overridden = self.upstream(body, skey, upstream, inherited=True)
@@ -574,6 +603,12 @@ class _Parser:
             self.inherit_reconnect = True
         elif settings.reconnect_delay < ADOBE_MIN_RECONNECT_DELAY:
             self.warn((*skey, "reconnect_delay"), _reconnect_note(settings.reconnect_delay))
+        if settings.connections > 1 and settings.dedup_window_records == 0:
+            self.warn(
+                skey,
+                f"connections = {settings.connections} with dedup_window_records = 0: "
+                "duplicates from multiple connections will reach consumers",
+            )
 
         return StreamConfig(
             name=name,
@@ -582,35 +617,13 @@ class _Parser:
             report_suite=report_suite,
             credentials=creds,
             upstream=settings,
-            retention_bytes=retention,
+            retention_bytes=retention_bytes,
+            retention_seconds=retention_seconds,
+            initial_reset=initial_reset,
         )
 
     def url(self, value: Any, key: _Key) -> tuple[str, str]:
-        if not isinstance(value, str):
-            self.fail(key, f"expected a URL string, got {_describe(value)}")
-        if any(c.isspace() or not c.isprintable() for c in value):
-            self.fail(key, "contains whitespace or control characters")
-        try:
-            parts = urlsplit(value)
-        except ValueError as exc:
-            self.fail(key, f"not a valid URL ({exc})")
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https"):
-            got = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
-            self.fail(key, f"expected an http:// or https:// URL, got {got}")
-        if "@" in parts.netloc:
-            # Never echoed: it may hold a password.
-            self.fail(
-                key, "must not contain user info (user:password@); credentials go in [credentials.<name>]"
-            )
-        if not parts.hostname:
-            self.fail(key, "missing host (expected e.g. https://livestream.adobe.net/...)")
-        try:
-            parts.port  # noqa: B018  (validates the port)
-        except ValueError:
-            self.fail(key, "invalid port in URL")
-        if "#" in value:
-            self.fail(key, "must not contain a fragment ('#...')")
+        url, parts = self.http_url(value, key, example="https://livestream.adobe.net/...")
         segments = [s for s in parts.path.split("/") if s]
         if not segments:
             self.fail(
@@ -622,9 +635,10 @@ class _Parser:
             self.fail(
                 key, f"the endpoint (last path segment) {_quote(endpoint)} is used as a route but {problem}"
             )
-        if scheme == "http" and not _is_loopback(parts.hostname):
+        assert parts.hostname is not None
+        if parts.scheme.lower() == "http" and not _is_loopback(parts.hostname):
             self.warn(key, f"plain http:// to {parts.hostname}: the token travels unencrypted")
-        return value, endpoint
+        return url, endpoint
 
     def stream_credentials(
         self, body: Mapping[str, Any], skey: _Key, credentials: Mapping[str, Credentials]

@@ -28,49 +28,34 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
-CRLF = b"\r\n"
+from lsproxy.hub.segment import CRLF, Segment, Slice, make_segment
+
+__all__ = ["CRLF", "MemoryLog", "Segment", "Slice", "StreamLog", "make_segment"]
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
-    first: int  # offset of the segment's first record
-    data: bytes  # the records, each followed by CRLF
-    ends: tuple[int, ...]  # ends[i]: byte end (exclusive) of record first + i in data
-    received_at: float  # wall-clock time of arrival
+class StreamLog(Protocol):
+    """What the hub needs of a log; ``MemoryLog`` and the durable log both provide it."""
 
-    @property
-    def end(self) -> int:
-        return self.first + len(self.ends)
-
-    def byte_start(self, offset: int) -> int:
-        """Byte position in ``data`` where record ``offset`` begins."""
-        i = offset - self.first
-        return self.ends[i - 1] if i > 0 else 0
-
-
-@dataclass(frozen=True, slots=True)
-class Slice:
-    start: int  # offset of the first record in data (> the asked offset if records were trimmed)
-    end: int  # offset just past the last record in data
-    data: bytes  # records each followed by CRLF; empty when nothing is available
+    retention_bytes: int
 
     @property
-    def count(self) -> int:
-        return self.end - self.start
-
-
-def make_segment(first: int, records: Sequence[bytes], received_at: float) -> Segment:
-    ends = []
-    pos = 0
-    for record in records:
-        pos += len(record) + 2
-        ends.append(pos)
-    data = CRLF.join(records) + CRLF
-    return Segment(first, data, tuple(ends), received_at)
+    def oldest(self) -> int: ...
+    @property
+    def next_offset(self) -> int: ...
+    @property
+    def retained_bytes(self) -> int: ...
+    @property
+    def trimmed_records(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def append(self, records: Sequence[bytes], received_at: float) -> None: ...
+    async def read(self, offset: int, max_bytes: int) -> Slice: ...
+    async def wait_beyond(self, offset: int) -> None: ...
+    def close(self) -> None: ...
 
 
 class MemoryLog:
@@ -162,47 +147,45 @@ class MemoryLog:
         self._changed = trio.Event()
 
     # -- reading ------------------------------------------------------------
-    def read(self, offset: int, max_bytes: int) -> Slice:
+    async def read(self, offset: int, max_bytes: int) -> Slice:
+        """See ``read_nowait``; async so that a durable log can go to disk here."""
+        return self.read_nowait(offset, max_bytes)
+
+    def read_nowait(self, offset: int, max_bytes: int) -> Slice:
         """Records from ``offset`` on, at most ``max_bytes``, cut at record boundaries; but
         always at least one record when any is available, and a whole segment read from its
-        start is returned uncut (no copy: segments are bounded by one upstream read).
+        start is returned uncut (segments are bounded by one upstream read).
         ``offset`` below ``oldest`` reads from ``oldest``."""
         if offset > self._next:
             raise ValueError(f"offset {offset} is beyond the tail {self._next}")
         start = max(offset, self.oldest)
         if start == self._next:
-            return Slice(start, start, b"")
+            return Slice(start, start)
         i = bisect.bisect_right(self._firsts, start, lo=self._head) - 1
-        seg = self._segments[i]
-        from_byte = seg.byte_start(start)
-        if from_byte == 0 and len(seg.data) >= max_bytes:
-            return Slice(start, seg.end, seg.data)
-        parts = []
+        pieces: list[Segment | bytes] = []
         size = 0
         end = start
         while i < len(self._segments):
             seg = self._segments[i]
+            from_byte = seg.byte_start(end)
             room = max_bytes - size
-            seg_bytes = len(seg.data) - from_byte
-            if seg_bytes <= room:
-                parts.append(seg.data[from_byte:] if from_byte else seg.data)
-                size += seg_bytes
+            if len(seg.data) - from_byte <= room or (not pieces and from_byte == 0):
+                pieces.append(seg if from_byte == 0 else seg.data[from_byte:])
+                size += len(seg.data) - from_byte
                 end = seg.end
-            else:
-                # Cut at the last record boundary that fits (at least one record overall).
-                limit = from_byte + room
-                k = bisect.bisect_right(seg.ends, limit) - 1
-                first_index = end - seg.first
-                if k < first_index and size == 0:
-                    k = first_index
-                if k >= first_index:
-                    parts.append(seg.data[from_byte : seg.ends[k]])
-                    end = seg.first + k + 1
-                break
-            i += 1
-            from_byte = 0
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        return Slice(start, end, data)
+                i += 1
+                continue
+            # Cut inside this segment at the last record boundary that fits
+            # (at least one record overall).
+            k = bisect.bisect_right(seg.ends, from_byte + room) - 1
+            first_index = end - seg.first
+            if k < first_index and not pieces:
+                k = first_index
+            if k >= first_index:
+                pieces.append(seg.data[from_byte : seg.ends[k]])
+                end = seg.first + k + 1
+            break
+        return Slice(start, end, tuple(pieces))
 
     async def wait_beyond(self, offset: int) -> None:
         """Return once a record at ``offset`` or later exists, or the log is closed."""

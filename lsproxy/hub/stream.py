@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from lsproxy.hub.cursors import CursorBook, Lease, Reset
-from lsproxy.hub.log import MemoryLog
+from lsproxy.hub.dedup import DedupWindow
+from lsproxy.hub.log import StreamLog
 
 log = logging.getLogger("lsproxy.hub")
 
@@ -66,13 +68,42 @@ class Subscription:
         )
 
 
+# Worst first: the stream's state is its worst connection's.
+_STATE_ORDER = ("failed", "backoff", "connecting", "stopped", "streaming")
+
+
 class StreamHub:
-    def __init__(self, name: str, retention_bytes: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        log: StreamLog,
+        *,
+        connections: int = 1,
+        dedup: DedupWindow | None = None,
+    ) -> None:
         self.name = name
-        self.log = MemoryLog(retention_bytes)
+        self.log = log
         self.book = CursorBook()
-        self.upstream = UpstreamStatus()
+        self.dedup = dedup
+        self.upstreams = [UpstreamStatus() for _ in range(connections)]
+        self.records = 0  # records appended (after de-duplication)
+        self.last_record_at: float | None = None
+        self.info: dict[str, Any] = {}  # static facts for /status (url, credentials source)
+        self.token_status: Callable[[], dict[str, Any]] | None = None  # the credential set's, for /status
         self._scopes: dict[str, tuple[int, trio.CancelScope]] = {}
+
+    def resize_upstreams(self, connections: int) -> None:
+        """A reload changed the number of upstream connections (their loops are restarted)."""
+        self.upstreams = [UpstreamStatus() for _ in range(connections)]
+
+    @property
+    def upstream(self) -> UpstreamStatus:
+        """The first (usually only) upstream connection's status."""
+        return self.upstreams[0]
+
+    @property
+    def state(self) -> str:
+        return min((u.state for u in self.upstreams), key=_STATE_ORDER.index)
 
     def subscribe(
         self,
@@ -103,12 +134,18 @@ class StreamHub:
         if held is not None and held[0] == sub.lease.generation:
             del self._scopes[sub.lease.name]
 
-    def append(self, records: list[bytes]) -> None:
-        """The upstream side delivers framed records (never blocks)."""
+    def append(self, records: list[bytes], connection: int = 0) -> None:
+        """An upstream connection delivers framed records (never blocks, never awaits)."""
         now = time.time()
-        self.log.append(records, now)
-        self.upstream.records += len(records)
-        self.upstream.last_record_at = now
+        status = self.upstreams[connection]
+        status.records += len(records)
+        status.last_record_at = now
+        if self.dedup is not None:
+            records = self.dedup.filter(records, now)
+        if records:
+            self.log.append(records, now)
+            self.records += len(records)
+            self.last_record_at = now
 
     def close(self) -> None:
         """The stream ends (shutdown or removal): consumers finish their responses."""
@@ -116,7 +153,6 @@ class StreamHub:
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """JSON-able status of this stream. ``now`` is wall-clock time."""
-        up = self.upstream
         tail = self.log.next_offset
         consumers = [
             {
@@ -129,19 +165,19 @@ class StreamHub:
             }
             for c in self.book.cursors()
         ]
+        connections = [_connection_snapshot(u, now) for u in self.upstreams]
+        errors = [c["last_error"] for c in connections if c["last_error"]]
+        waits = [c["next_attempt_in"] for c in connections if c["next_attempt_in"] is not None]
         return {
-            "state": up.state,
-            "attempts": up.attempts,
-            "connects": up.connects,
-            "connected_since": up.connected_since,
-            "next_attempt_in": (
-                max(0.0, round(up.next_attempt_at - now, 3))
-                if up.next_attempt_at is not None and up.state in ("backoff", "failed")
-                else None
-            ),
-            "last_error": up.last_error,
-            "records_received": up.records,
-            "last_record_at": up.last_record_at,
+            "state": self.state,
+            "attempts": sum(u.attempts for u in self.upstreams),
+            "connects": sum(u.connects for u in self.upstreams),
+            "last_error": max(errors, key=lambda e: e["at"]) if errors else None,
+            "next_attempt_in": min(waits) if waits else None,
+            "records_received": self.records,
+            "last_record_at": self.last_record_at,
+            "duplicates_dropped": self.dedup.dropped if self.dedup is not None else 0,
+            "upstream_connections": connections,
             "log": {
                 "oldest": self.log.oldest,
                 "next": tail,
@@ -149,5 +185,24 @@ class StreamHub:
                 "trimmed_records": self.log.trimmed_records,
             },
             "consumers": consumers,
-            **up.extra,
+            **self.info,
+            **({"token": self.token_status()} if self.token_status is not None else {}),
         }
+
+
+def _connection_snapshot(up: UpstreamStatus, now: float) -> dict[str, Any]:
+    return {
+        "state": up.state,
+        "attempts": up.attempts,
+        "connects": up.connects,
+        "connected_since": up.connected_since,
+        "next_attempt_in": (
+            max(0.0, round(up.next_attempt_at - now, 3))
+            if up.next_attempt_at is not None and up.state in ("backoff", "failed")
+            else None
+        ),
+        "last_error": up.last_error,
+        "records_received": up.records,
+        "last_record_at": up.last_record_at,
+        **up.extra,
+    }

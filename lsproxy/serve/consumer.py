@@ -92,7 +92,8 @@ async def serve_stream(
                 nursery.start_soon(_watch_for_departure, http, nursery.cancel_scope)
                 try:
                     # The head goes out with the first bytes of the body.
-                    await _pump(http, hub, sub, encoder, settings, http.start_body(200, headers))
+                    head = http.start_body(200, headers) + http.body_chunk(encoder.start())
+                    await _pump(http, hub, sub, encoder, settings, head)
                 except ConnectionBroken as exc:
                     log.info("stream %s: consumer %s: %s", hub.name, sub.name, exc)
                 nursery.cancel_scope.cancel()
@@ -114,12 +115,12 @@ async def _pump(
     offset = sub.start
     heartbeat = settings.heartbeat_interval if settings.heartbeat_interval > 0 else math.inf
     while True:
-        batch = hub.log.read(offset, BATCH_BYTES)
+        batch = await hub.log.read(offset, BATCH_BYTES)
         if batch.start > offset:
             sub.skipped(batch.start - offset)
             offset = batch.start
-        if batch.data:
-            wire = pending + http.body_chunk(enc.encode(batch.data))
+        if batch.count:
+            wire = pending + http.body_chunk(enc.encode(batch))
             pending = b""
             await http.send(wire, settings.write_timeout)
             offset = batch.end
@@ -136,7 +137,7 @@ async def _pump(
             await hub.log.wait_beyond(offset)
             continue
         # Heartbeat: an empty record. Its bytes count for the rewind rule like any others.
-        wire = http.body_chunk(enc.encode(b"\r\n"))
+        wire = http.body_chunk(enc.heartbeat())
         await http.send(wire, settings.write_timeout)
         if not sub.sent(offset, len(wire)):
             return

@@ -1,52 +1,106 @@
-"""Response body encoders for consumers: identity, or gzip flushed per batch.
+"""Response body encoders: identity, or gzip compressed once and shared.
 
-Pure. A gzip consumer gets one compressor for its whole response and a
-``Z_SYNC_FLUSH`` after every batch: without the flush, records would sit in
-the compressor until enough data piled up, and a consumer at the tail of a
-quiet stream would see nothing for minutes.
+Theory of operation
+-------------------
+Compressing separately for every gzip consumer costs one compressor's CPU and
+~260 KB of memory per consumer. Instead, each log segment is compressed once,
+on first use, into an *independent* raw-deflate block (fresh dictionary, ends
+with a full flush; see hub/segment.py) that every gzip consumer sends as is.
+Independent blocks can follow each other in any combination, so each consumer
+only needs its own 10-byte gzip header at the start and, at the end, a final
+empty block plus the trailer: the CRC-32 of everything it was sent (combined
+per block with ``crc32_combine``, never recomputed over the data) and the
+length. A consumer that starts or resumes inside a segment, and heartbeats,
+get blocks compressed for them alone; the shared path is never slowed.
+
+Every block ends byte-aligned after a full flush, so what a consumer has
+received decompresses completely: a record reaches a consumer at the tail as
+soon as its batch is sent (no data waits inside a compressor).
+
+Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import zlib
 from typing import Protocol
 
-GZIP_LEVEL = 1  # the fan-out path is CPU-bound; level 1 costs ~1/3 of level 6
+from lsproxy import deflate
+from lsproxy.hub.segment import Segment, Slice
+
+HEARTBEAT = b"\r\n"  # an empty record: Live Stream clients skip it
+_HEARTBEAT_BLOCK = deflate.deflate_block(HEARTBEAT)
+_HEARTBEAT_CRC = deflate.crc32(HEARTBEAT)
 
 
 class Encoder(Protocol):
     content_encoding: str | None
 
-    def encode(self, data: bytes) -> bytes: ...
+    def start(self) -> bytes:
+        """Bytes that open the body (sent with the first batch)."""
 
-    def finish(self) -> bytes: ...
+    def encode(self, batch: Slice) -> bytes: ...
+
+    def heartbeat(self) -> bytes: ...
+
+    def finish(self) -> bytes:
+        """Bytes that close the body."""
 
 
 class IdentityEncoder:
     content_encoding: str | None = None
 
-    def encode(self, data: bytes) -> bytes:
-        return data
+    def start(self) -> bytes:
+        return b""
+
+    def encode(self, batch: Slice) -> bytes:
+        return batch.data
+
+    def heartbeat(self) -> bytes:
+        return HEARTBEAT
 
     def finish(self) -> bytes:
         return b""
 
 
-class GzipEncoder:
+class SharedGzipEncoder:
+    """One consumer's gzip member, assembled from shared per-segment deflate blocks."""
+
     content_encoding: str | None = "gzip"
+    __slots__ = ("crc", "size")
 
-    def __init__(self, level: int = GZIP_LEVEL) -> None:
-        self._compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+    def __init__(self) -> None:
+        self.crc = 0
+        self.size = 0
 
-    def encode(self, data: bytes) -> bytes:
-        return self._compressor.compress(data) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
+    def start(self) -> bytes:
+        return deflate.GZIP_HEADER
+
+    def encode(self, batch: Slice) -> bytes:
+        blocks = []
+        crc, size = self.crc, self.size
+        for piece in batch.pieces:
+            if isinstance(piece, Segment):
+                blocks.append(piece.deflated())
+                piece_crc, piece_len = piece.crc, len(piece.data)
+            else:
+                blocks.append(deflate.deflate_block(piece))
+                piece_crc, piece_len = deflate.crc32(piece), len(piece)
+            crc = deflate.crc32_combine(crc, piece_crc, piece_len)
+            size += piece_len
+        self.crc, self.size = crc, size
+        return blocks[0] if len(blocks) == 1 else b"".join(blocks)
+
+    def heartbeat(self) -> bytes:
+        self.crc = deflate.crc32_combine(self.crc, _HEARTBEAT_CRC, len(HEARTBEAT))
+        self.size += len(HEARTBEAT)
+        return _HEARTBEAT_BLOCK
 
     def finish(self) -> bytes:
-        return self._compressor.flush(zlib.Z_FINISH)
+        return deflate.FINAL_BLOCK + deflate.gzip_trailer(self.crc, self.size)
 
 
 def make_encoder(gzip: bool) -> Encoder:
-    return GzipEncoder() if gzip else IdentityEncoder()
+    return SharedGzipEncoder() if gzip else IdentityEncoder()
 
 
 def accepts_gzip(accept_encoding: str) -> bool:

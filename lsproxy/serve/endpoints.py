@@ -25,7 +25,7 @@ def render(name: str, hubs: Mapping[str, StreamHub], started_at: float) -> tuple
     if name == "healthz":
         return 200, _json({"status": "ok"})
     if name == "readyz":
-        states = {stream: hub.upstream.state for stream, hub in hubs.items()}
+        states = {stream: hub.state for stream, hub in hubs.items()}
         ready = all(state == "streaming" for state in states.values())
         return (200 if ready else 503), _json({"ready": ready, "streams": states})
     now = time.time()

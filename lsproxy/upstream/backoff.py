@@ -96,6 +96,11 @@ class ReconnectPolicy:
         """Earliest allowed start of the next attempt; ``-inf`` before any failure."""
         return self._next_at
 
+    def hold_until(self, at: float) -> None:
+        """No attempt before ``at``: a loss the policy did not see (a connection closed
+        for a config reload, or lost before a proxy restart) still counts."""
+        self._next_at = max(self._next_at, at)
+
     def on_attempt(self, now: float) -> None:
         """An attempt starts. Starting early or twice is a caller bug."""
         if now < self._next_at:

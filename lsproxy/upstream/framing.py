@@ -7,7 +7,7 @@ members) whose decompressed text is records separated by CRLF. HTTP chunk
 boundaries, gzip block boundaries and record boundaries are unrelated, so the
 framer keeps two pieces of state between ``feed`` calls:
 
-* the zlib inflater of the current gzip member. When a member ends
+* the inflater (ISA-L or zlib, see deflate.py) of the current gzip member. When a member ends
   (``eof``), whatever followed it (``unused_data``) starts the next member;
 * the *tail*: decompressed bytes after the last line break seen, i.e. the
   beginning of a record that has not ended yet. It is kept as a list of
@@ -33,13 +33,11 @@ delivers nothing new but raises, saying how much partial record was lost.
 
 from __future__ import annotations
 
-import zlib
-
+from lsproxy import deflate
 from lsproxy.errors import FramingError
 
 __all__ = ["RecordFramer"]
 
-_GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip header and trailer required
 _BLOCK = 256 * 1024  # max decompressed bytes per zlib call
 
 
@@ -62,7 +60,7 @@ class RecordFramer:
         if max_record_bytes < 1:
             raise ValueError("max_record_bytes must be >= 1")
         self._max = max_record_bytes
-        self._inflater = zlib.decompressobj(_GZIP_WBITS)
+        self._inflater = deflate.gunzip_stream()
         self._tail: list[bytes] = []
         self._tail_len = 0
         self._tail_offset = 0  # decompressed offset where the tail starts
@@ -98,7 +96,7 @@ class RecordFramer:
                 if inflater.eof:  # member complete: what follows starts a new one
                     if not data:
                         break
-                    inflater = self._inflater = zlib.decompressobj(_GZIP_WBITS)
+                    inflater = self._inflater = deflate.gunzip_stream()
                 block = inflater.decompress(data, _BLOCK)
                 self._split(block, out)
                 if inflater.eof:
@@ -108,7 +106,7 @@ class RecordFramer:
                     # A full output block may leave output inside zlib: ask again.
                     if not data and len(block) < _BLOCK:
                         break
-        except zlib.error as exc:
+        except deflate.error as exc:
             raise self._failure(
                 f"corrupt gzip data in raw bytes {start}..{self._compressed} "
                 f"(decompressed byte offset {self._tail_offset + self._tail_len}): {exc}"

@@ -127,6 +127,7 @@ _ENDS: dict[str, str] = {
     "idle_timeout": "no data from Live Stream for too long (idle timeout)",
     "framing": "the response body was not valid gzip-compressed records",
     "redirect": "cannot follow the upstream redirect",
+    "credentials": "no usable access token (the token source failed)",
 }
 END_ERRORS = frozenset(_ENDS)
 

@@ -264,3 +264,15 @@ async def test_supervisor_loop_under_mock_clock(autojump_clock: trio.testing.Moc
         assert loss + delay <= start <= loss + delay * 1.1 + 1e-6
     await trio.sleep_until(p.next_attempt_at())
     assert trio.current_time() >= losses[-1] + 240
+
+
+def test_hold_until_only_ever_delays() -> None:
+    policy = ReconnectPolicy(base=60, ceiling=900, healthy_after=60, jitter=0, rng=random.Random(1))
+    policy.hold_until(30.0)
+    assert policy.next_attempt_at() == 30.0
+    policy.hold_until(10.0)
+    assert policy.next_attempt_at() == 30.0
+    policy.on_attempt(30.0)
+    assert policy.on_ended(40.0, Failure.REFUSED) == 100.0
+    policy.hold_until(50.0)
+    assert policy.next_attempt_at() == 100.0

@@ -9,11 +9,15 @@ import pytest
 PACKAGE = Path(__file__).parent.parent.parent / "lsproxy"
 PURE = [
     "config.py",
+    "config_credentials.py",
     "upstream/backoff.py",
     "upstream/outcome.py",
     "upstream/framing.py",
     "upstream/request.py",
     "hub/cursors.py",
+    "hub/dedup.py",
+    "hub/segment.py",
+    "deflate.py",
     "serve/routes.py",
     "serve/encoding.py",
 ]

@@ -21,7 +21,7 @@ def test_offsets_and_full_read() -> None:
     log.append(records(0, 3), 1.0)
     log.append(records(3, 2), 2.0)
     assert (log.oldest, log.next_offset) == (0, 5)
-    got = log.read(0, 1 << 20)
+    got = log.read_nowait(0, 1 << 20)
     assert (got.start, got.end) == (0, 5)
     assert decode(got.data) == records(0, 5)
 
@@ -29,13 +29,13 @@ def test_offsets_and_full_read() -> None:
 def test_read_mid_segment_and_at_tail() -> None:
     log = MemoryLog(1 << 20)
     log.append(records(0, 4), 1.0)
-    got = log.read(2, 1 << 20)
+    got = log.read_nowait(2, 1 << 20)
     assert (got.start, got.end) == (2, 4)
     assert decode(got.data) == records(2, 2)
-    tail = log.read(4, 1 << 20)
+    tail = log.read_nowait(4, 1 << 20)
     assert (tail.start, tail.end, tail.data) == (4, 4, b"")
     with pytest.raises(ValueError):
-        log.read(5, 100)
+        log.read_nowait(5, 100)
 
 
 @pytest.mark.parametrize("max_bytes", [1, 12, 13, 24, 25, 36, 50, 1000])
@@ -45,7 +45,7 @@ def test_max_bytes_cuts_at_record_boundaries(max_bytes: int) -> None:
         log.append(records(first, 4), 1.0)  # 12 bytes per record with CRLF
     offset, seen = 1, []
     while offset < log.next_offset:
-        got = log.read(offset, max_bytes)
+        got = log.read_nowait(offset, max_bytes)
         assert got.start == offset and got.end > offset
         whole_segment = got.start % 4 == 0 and got.end - got.start == 4
         assert len(got.data) <= max_bytes or whole_segment or got.count == 1
@@ -61,7 +61,7 @@ def test_retention_trims_whole_segments_and_reports_skip() -> None:
     assert log.retained_bytes <= 100
     assert log.oldest == 24 and log.next_offset == 30
     assert log.trimmed_records == 24
-    got = log.read(5, 1 << 20)
+    got = log.read_nowait(5, 1 << 20)
     assert got.start == 24  # the reader sees it jumped 19 records
     assert decode(got.data) == records(24, 6)
     assert log.received_at(24) == 24.0 and log.received_at(3) is None
@@ -78,8 +78,8 @@ def test_compaction_keeps_offsets_right() -> None:
     for i in range(5000):
         log.append(records(i, 1), 1.0)
     assert log.oldest == 4990
-    assert decode(log.read(0, 1 << 20).data) == records(4990, 10)
-    assert decode(log.read(4995, 1 << 20).data) == records(4995, 5)
+    assert decode(log.read_nowait(0, 1 << 20).data) == records(4990, 10)
+    assert decode(log.read_nowait(4995, 1 << 20).data) == records(4995, 5)
 
 
 async def test_wait_beyond_wakes_on_append_and_close() -> None:

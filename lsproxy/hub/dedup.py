@@ -1,0 +1,99 @@
+"""De-duplication of hits on ``hitIdHigh`` + ``hitIdLow`` over a bounded window.
+
+Theory of operation
+-------------------
+Live Stream sends duplicates around reconnects (a short backfill) and when
+connections are added; with several connections per stream, the same hit may
+arrive on two of them. The proxy drops a record whose hit id it has seen
+recently, so consumers get each hit once (except around their *own*
+reconnects, see cursors.py).
+
+The window is bounded twice: at most ``max_records`` ids, and none older than
+``max_seconds``; the oldest ids fall out first. A duplicate arriving after its
+original left the window passes through: the window is sized for reconnect
+backfills (seconds to minutes), not for all history.
+
+Ids are found with a bytes regex, not a JSON parse: records stay byte-for-byte
+as received and ids above 2^53 stay exact (the id is kept as the digit
+bytes). Records without both ids pass through untouched.
+
+Pure: no I/O, no clock (``now`` is passed in).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+_HIGH = re.compile(rb'"hitIdHigh"\s*:\s*(\d+)')
+_LOW = re.compile(rb'"hitIdLow"\s*:\s*(\d+)')
+
+
+def hit_id(record: bytes) -> bytes | None:
+    """``b"<high>:<low>"`` for a record carrying both ids, else None."""
+    high = _HIGH.search(record)
+    if high is None:
+        return None
+    low = _LOW.search(record)
+    if low is None:
+        return None
+    return high.group(1) + b":" + low.group(1)
+
+
+class DedupWindow:
+    def __init__(self, *, max_records: int, max_seconds: float) -> None:
+        self.max_records = max_records
+        self.max_seconds = max_seconds
+        self._seen: set[bytes] = set()
+        self._order: deque[tuple[float, bytes]] = deque()
+        self.dropped = 0  # duplicates dropped so far
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_records > 0 and self.max_seconds > 0
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def filter(self, records: Sequence[bytes], now: float) -> list[bytes]:
+        """The records whose ids were not seen within the window (in order); remembers them."""
+        if not self.enabled:
+            return list(records)
+        self._expire(now)
+        kept = []
+        seen, order = self._seen, self._order
+        for record in records:
+            key = hit_id(record)
+            if key is None:
+                kept.append(record)
+            elif key in seen:
+                self.dropped += 1
+            else:
+                seen.add(key)
+                order.append((now, key))
+                kept.append(record)
+        self._trim()
+        return kept
+
+    def seed(self, records: Iterable[bytes], now: float) -> None:
+        """Remember ids of records stored before (e.g. before a restart) without filtering."""
+        if not self.enabled:
+            return
+        for record in records:
+            key = hit_id(record)
+            if key is not None and key not in self._seen:
+                self._seen.add(key)
+                self._order.append((now, key))
+        self._trim()
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.max_seconds
+        order, seen = self._order, self._seen
+        while order and order[0][0] < horizon:
+            seen.discard(order.popleft()[1])
+
+    def _trim(self) -> None:
+        order, seen = self._order, self._seen
+        while len(order) > self.max_records:
+            seen.discard(order.popleft()[1])
