@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import trio
 
@@ -24,8 +27,12 @@ class _RedactSecrets(logging.Filter):
 
     def __init__(self, secrets: Sequence[str]) -> None:
         super().__init__()
+        self.secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Sequence[str]) -> None:
         # Too short to mask without mangling every line (and too short to be a real token).
-        self.secrets = [s for s in secrets if len(s) >= 6]
+        self.secrets += [s for s in secrets if len(s) >= 6 and s not in self.secrets]
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -43,16 +50,18 @@ class _RedactSecrets(logging.Filter):
         return True
 
 
-def configure_logging(level: str, secrets: Sequence[str] = ()) -> None:
+def configure_logging(level: str, secrets: Sequence[str] = ()) -> _RedactSecrets:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    handler.addFilter(_RedactSecrets(secrets))
+    redact = _RedactSecrets(secrets)
+    handler.addFilter(redact)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # httpx logs every request line at INFO; ours say more, and say it once.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    return redact
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("run", "run the proxy"),
         ("check", "validate a config file and print its routes"),
+        ("reload", "validate a config file, then make the proxy running with it re-read it (SIGHUP)"),
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", required=True, metavar="PATH", help="TOML config file")
@@ -87,21 +97,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.command == "check":
         return _check(config)
-    secrets = [
-        secret.reveal()
-        for stream in config.streams
-        for secret in (stream.credentials.token, stream.credentials.api_key)
-        if secret is not None
-    ]
-    configure_logging(args.log_level, secrets)
+    if args.command == "reload":
+        return _signal_running_proxy(config)
+    redact = configure_logging(args.log_level, _secret_values(config))
     for warning in config.warnings:
         log.warning("%s", warning)
     proxy = Proxy(config)
     try:
-        return trio.run(_serve_proxy, proxy)
+        with pid_file(_pid_path(config)):
+            return trio.run(_serve_proxy, proxy, args.config, redact)
     except* BindError as group:
         log.error("%s", _first_leaf(group))
     return 1
+
+
+def _secret_values(config: Config) -> list[str]:
+    values = []
+    for stream in config.streams:
+        creds = stream.credentials
+        oauth_secret = creds.oauth.client_secret if creds.oauth else None
+        values += [s.reveal() for s in (creds.token, creds.api_key, oauth_secret) if s is not None]
+    return values
+
+
+def _pid_path(config: Config) -> Path:
+    return Path(config.storage.dir) / "lsproxy.pid"
+
+
+@contextlib.contextmanager
+def pid_file(path: Path) -> Iterator[None]:
+    """``lsproxy reload`` finds the running proxy through this file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == str(os.getpid()):
+                path.unlink()
+
+
+def _signal_running_proxy(config: Config) -> int:
+    path = _pid_path(config)
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"lsproxy: no running proxy found through {path}: {reason}", file=sys.stderr)
+        return 1
+    print(f"{config.path}: ok; asked lsproxy (pid {pid}) to reload it")
+    return 0
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -124,13 +170,31 @@ def _check(config: Config) -> int:
     return 0
 
 
-async def _serve_proxy(proxy: Proxy) -> int:
+async def _serve_proxy(proxy: Proxy, config_path: str, redact: _RedactSecrets) -> int:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signal, proxy.request_shutdown)
+        nursery.start_soon(_reload_on_sighup, proxy, config_path, redact)
         await proxy.run()
         nursery.cancel_scope.cancel()
     log.info("stopped")
     return 0
+
+
+async def _reload_on_sighup(proxy: Proxy, config_path: str, redact: _RedactSecrets) -> None:
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            log.info("received SIGHUP: reloading %s", config_path)
+            try:
+                config = load_config(config_path)
+            except ConfigError as exc:
+                log.error("config reload rejected, the running config stays: %s", exc)
+                continue
+            redact.add(_secret_values(config))
+            for warning in config.warnings:
+                log.warning("%s", warning)
+            changes = proxy.reload(config)
+            for change in changes or ["nothing changed"]:
+                log.info("reload: %s", change)
 
 
 async def _run_simulator(settings: SimSettings) -> int:

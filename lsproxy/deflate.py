@@ -15,6 +15,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import zlib
 from types import ModuleType
@@ -43,10 +44,8 @@ def use_backend(name: str) -> None:
     BACKEND = name
 
 
-try:
+with contextlib.suppress(ImportError):  # python-isal not installed: stay on zlib
     use_backend("isal")
-except ImportError:  # python-isal not installed: stay on zlib
-    pass
 
 
 def gunzip_stream() -> zlib._Decompress:

@@ -22,3 +22,7 @@ class RedirectError(LsproxyError):
 
 class BindError(LsproxyError):
     """The consumer listen address cannot be bound (in use, not local, no permission)."""
+
+
+class CredentialsError(LsproxyError):
+    """No usable access token could be had. The message never contains a secret."""

@@ -11,19 +11,31 @@ cross-origin.
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import Callable
+from typing import Protocol
 
 import httpx
 import trio
 
-from lsproxy.config import StreamConfig
-from lsproxy.errors import FramingError, RedirectError
+from lsproxy.config import StreamConfig, UpstreamSettings
+from lsproxy.errors import CredentialsError, FramingError, RedirectError
 from lsproxy.hub.stream import StreamHub
+from lsproxy.secret import Secret
 from lsproxy.upstream.framing import RecordFramer
 from lsproxy.upstream.outcome import Outcome, classify_end, classify_status
 from lsproxy.upstream.request import MAX_REDIRECTS, REDIRECT_STATUSES, build_request, follow_redirect
 
 ERROR_BODY_LIMIT = 64 * 1024
+# TCP keepalive finds a dead upstream (no FIN, no RST) within ~2 minutes, even on a
+# quiet suite that sends nothing for hours, where an idle_timeout would cause a
+# reconnect loop: so idle_timeout can default to 0 (off).
+KEEPALIVE_OPTIONS = [
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6),
+]
 
 
 async def _read_limited(response: httpx.Response, limit: int = ERROR_BODY_LIMIT) -> bytes:
@@ -35,27 +47,57 @@ async def _read_limited(response: httpx.Response, limit: int = ERROR_BODY_LIMIT)
     return body[:limit]
 
 
-async def _stream_records(response: httpx.Response, hub: StreamHub) -> None:
-    """Feed the raw (still gzip) body through the framer into the log until EOF."""
+async def _stream_records(response: httpx.Response, hub: StreamHub, connection: int) -> None:
+    """Feed the raw (still gzip) body through the framer into the hub until EOF."""
     framer = RecordFramer()
     async for chunk in response.aiter_raw():
         records = framer.feed(chunk)
         if records:
-            hub.append(records)
+            hub.append(records, connection)
     records = framer.feed_eof()
     if records:
-        hub.append(records)
+        hub.append(records, connection)
 
 
-async def stream_once(stream: StreamConfig, hub: StreamHub, on_connected: Callable[[], None]) -> Outcome:
+class TokenSource(Protocol):
+    """What a connection attempt needs of a credential set (see credentials.py)."""
+
+    @property
+    def api_key(self) -> Secret | None: ...
+    async def get(self) -> Secret: ...
+    def invalidate(self) -> None: ...
+
+
+def upstream_params(settings: UpstreamSettings) -> dict[str, str]:
+    """Live Stream options of the upstream request, besides maxConnections."""
+    params = {}
+    if settings.smoothing:
+        params["smoothing"] = "1"
+        if settings.smoothing_bucket_size is not None:
+            params["smoothingBucketSize"] = str(settings.smoothing_bucket_size)
+    return params
+
+
+async def stream_once(
+    stream: StreamConfig,
+    hub: StreamHub,
+    tokens: TokenSource,
+    on_connected: Callable[[], None],
+    *,
+    connection: int = 0,
+) -> Outcome:
     """Connect (following redirects by hand), stream until the connection ends, say how it ended."""
     settings = stream.upstream
-    credentials = stream.credentials
+    try:
+        token = await tokens.get()
+    except CredentialsError as exc:
+        return classify_end("credentials", str(exc), stream=stream.name, streamed=False)
     request = build_request(
         stream.url,
-        token=credentials.token.reveal(),
-        api_key=credentials.api_key.reveal() if credentials.api_key else None,
-        max_connections=1,
+        token=token.reveal(),
+        api_key=tokens.api_key.reveal() if tokens.api_key else None,
+        max_connections=settings.connections,
+        params=upstream_params(settings),
     )
     head_deadline = settings.connect_timeout if settings.connect_timeout > 0 else math.inf
     timeout = httpx.Timeout(
@@ -66,7 +108,10 @@ async def stream_once(stream: StreamConfig, hub: StreamHub, on_connected: Callab
     )
     streamed = False
     try:
-        async with httpx.AsyncClient(timeout=timeout, trust_env=False, follow_redirects=False) as client:
+        transport = httpx.AsyncHTTPTransport(socket_options=KEEPALIVE_OPTIONS)
+        async with httpx.AsyncClient(
+            transport=transport, timeout=timeout, trust_env=False, follow_redirects=False
+        ) as client:
             for hops in range(MAX_REDIRECTS + 1):
                 with trio.fail_after(head_deadline):
                     response = await client.send(
@@ -77,6 +122,8 @@ async def stream_once(stream: StreamConfig, hub: StreamHub, on_connected: Callab
                     if status in REDIRECT_STATUSES:
                         request = follow_redirect(request, status, response.headers.get("location"), hops)
                         continue
+                    if status == 401:
+                        tokens.invalidate()  # the reconnect after the wait fetches a fresh token
                     if not 200 <= status < 300:
                         with trio.move_on_after(head_deadline):
                             return classify_status(status, await _read_limited(response), stream=stream.name)
@@ -91,7 +138,7 @@ async def stream_once(stream: StreamConfig, hub: StreamHub, on_connected: Callab
                         )
                     streamed = True
                     on_connected()
-                    await _stream_records(response, hub)
+                    await _stream_records(response, hub, connection)
                     return classify_end(
                         "eof", "upstream closed the stream", stream=stream.name, streamed=True
                     )

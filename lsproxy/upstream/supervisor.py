@@ -16,39 +16,43 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from lsproxy.config import StreamConfig
-from lsproxy.hub.stream import StreamHub
+from lsproxy.config import UpstreamSettings
+from lsproxy.hub.stream import UpstreamStatus
 from lsproxy.upstream.backoff import Failure, ReconnectPolicy
-from lsproxy.upstream.connector import stream_once
 from lsproxy.upstream.outcome import Outcome, classify_end
 
 log = logging.getLogger("lsproxy.upstream")
 
-Attempt = Callable[[StreamConfig, StreamHub, Callable[[], None]], Awaitable[Outcome]]
+#: One connection attempt: given the "connected" callback, stream until the end, say how it ended.
+Attempt = Callable[[Callable[[], None]], Awaitable[Outcome]]
 
 
 async def supervise(
-    stream: StreamConfig,
-    hub: StreamHub,
+    name: str,
+    settings: UpstreamSettings,
+    status: UpstreamStatus,
+    attempt: Attempt,
     *,
+    not_before: float | None = None,
     rng: random.Random | None = None,
-    attempt: Attempt = stream_once,
 ) -> None:
-    settings = stream.upstream
+    """Run one upstream connection of stream ``name`` forever, publishing into ``status``.
+    ``not_before`` (trio clock) holds the first attempt back, for a loss this loop did not see."""
     policy = ReconnectPolicy(
         base=settings.reconnect_delay,
         ceiling=settings.max_reconnect_delay,
         healthy_after=settings.healthy_after,
         rng=rng or random.Random(),
     )
-    status = hub.upstream
+    if not_before is not None:
+        policy.hold_until(not_before)
 
     def connected() -> None:
         policy.on_connected(trio.current_time())
         status.state = "streaming"
         status.connects += 1
         status.connected_since = time.time()
-        log.info("stream %s: upstream connected, streaming", stream.name)
+        log.info("%s: upstream connected, streaming", name)
 
     try:
         while True:
@@ -56,20 +60,20 @@ async def supervise(
             wait = not_before - trio.current_time()
             if wait > 0:
                 status.next_attempt_at = time.time() + wait
-                log.info("stream %s: next upstream attempt in %.1f s", stream.name, wait)
+                log.info("%s: next upstream attempt in %.1f s", name, wait)
                 await trio.sleep_until(not_before)
             status.state = "connecting"
             status.next_attempt_at = None
             status.attempts += 1
             policy.on_attempt(trio.current_time())
             try:
-                outcome = await attempt(stream, hub, connected)
+                outcome = await attempt(connected)
             except Exception as exc:
-                log.exception("stream %s: upstream attempt failed unexpectedly", stream.name)
+                log.exception("%s: upstream attempt failed unexpectedly", name)
                 outcome = classify_end(
                     "network",
                     f"internal error: {type(exc).__name__}",
-                    stream=stream.name,
+                    stream=name,
                     streamed=status.state == "streaming",
                 )
             policy.on_ended(trio.current_time(), outcome.failure)

@@ -175,3 +175,83 @@ def test_readme_demo_command_serves_records_and_stops_on_ctrl_c() -> None:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.communicate()
+
+
+def test_reload_command_and_sighup_apply_a_new_config_and_reject_a_bad_one(tmp_path: Path) -> None:
+    sim_port, proxy_port = free_port(), free_port()
+    config = tmp_path / "proxy.toml"
+
+    def write(streams: list[str], extra: str = "") -> None:
+        text = f"""
+[server]
+listen = "127.0.0.1:{proxy_port}"
+[storage]
+dir = "state"
+[upstream]
+reconnect_delay = 0.5
+[credentials.sim]
+token = "reload-secret-token"
+{extra}
+"""
+        for name in streams:
+            text += f'[streams.{name}]\nurl = "http://127.0.0.1:{sim_port}/api/1/stream/{name}"\n'
+        config.write_text(text)
+
+    write(["one"])
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lsproxy",
+            "simulate",
+            "--listen",
+            f"127.0.0.1:{sim_port}",
+            "--token",
+            "reload-secret-token",
+            "--stream",
+            "one",
+            "--stream",
+            "two",
+            "--linger",
+            "0",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    proxy = None
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{sim_port}/_sim/stats").status_code == 200)
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "lsproxy", "run", "--config", str(config)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        base = f"http://127.0.0.1:{proxy_port}"
+        wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 200)
+        assert (tmp_path / "state" / "lsproxy.pid").read_text().strip() == str(proxy.pid)
+
+        write(["one", "two"])
+        result = lsproxy("reload", "--config", str(config))
+        assert result.returncode == 0 and f"pid {proxy.pid}" in result.stdout
+        wait_until(lambda: set(httpx.get(f"{base}/readyz").json()["streams"]) == {"one", "two"})
+        wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 200)
+
+        write(["one", "two"], extra="bogus_key = 1")
+        result = lsproxy("reload", "--config", str(config))
+        assert result.returncode == 1 and "bogus_key" in result.stderr  # validated before signalling
+        proxy.send_signal(signal.SIGHUP)  # a SIGHUP from elsewhere: the proxy rejects it itself
+        time.sleep(0.5)
+        assert httpx.get(f"{base}/readyz").status_code == 200
+        stats = httpx.get(f"http://127.0.0.1:{sim_port}/_sim/stats").json()["streams"]
+        assert stats["one"]["attempts"] == 1  # untouched by both reloads
+        proxy.send_signal(signal.SIGTERM)
+        _, stderr = proxy.communicate(timeout=15)
+        assert proxy.returncode == 0
+        assert "config reload rejected" in stderr and "bogus_key" in stderr
+        assert "reload: stream two: added" in stderr
+        assert "reload-secret-token" not in stderr
+        assert not (tmp_path / "state" / "lsproxy.pid").exists()
+    finally:
+        for p in (proxy, sim):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.communicate()

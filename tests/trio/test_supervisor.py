@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from lsproxy.config import StreamConfig, parse_config
+from lsproxy.hub.log import MemoryLog
 from lsproxy.hub.stream import StreamHub
 from lsproxy.upstream.outcome import classify_end, classify_status
 from lsproxy.upstream.supervisor import supervise
@@ -42,10 +43,10 @@ class Upstream:
         self.starts: list[float] = []
         self.ends: list[float] = []
 
-    async def attempt(self, stream, hub, on_connected):  # type: ignore[no-untyped-def]
+    async def attempt(self, on_connected):  # type: ignore[no-untyped-def]
         self.starts.append(trio.current_time())
         try:
-            return await self.script(len(self.starts), hub, on_connected)
+            return await self.script(len(self.starts), on_connected)
         finally:
             self.ends.append(trio.current_time())
 
@@ -55,7 +56,11 @@ async def run_for(
 ) -> str:
     """Run the supervisor for ``seconds``; return the state it published just before being stopped."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: supervise(stream, hub, rng=random.Random(seed), attempt=upstream.attempt))
+        nursery.start_soon(
+            lambda: supervise(
+                stream.name, stream.upstream, hub.upstream, upstream.attempt, rng=random.Random(seed)
+            )
+        )
         await trio.sleep(seconds)
         state = hub.upstream.state
         nursery.cancel_scope.cancel()
@@ -63,13 +68,13 @@ async def run_for(
 
 
 async def test_first_attempt_at_once_then_base_delay_after_a_healthy_stream(autojump_clock) -> None:  # type: ignore[no-untyped-def]
-    async def script(n, hub, on_connected):  # type: ignore[no-untyped-def]
+    async def script(n, on_connected):  # type: ignore[no-untyped-def]
         on_connected()
         await trio.sleep(600)  # streams healthily for 10 minutes, then the upstream closes
         return classify_end("eof", "closed", stream="s", streamed=True)
 
     up = Upstream(script)
-    hub = StreamHub("s", 1 << 20)
+    hub = StreamHub("s", MemoryLog(1 << 20))
     await run_for(2000, stream_config(), up, hub)
     assert up.starts[0] == 0
     gaps = [start - end for start, end in zip(up.starts[1:], up.ends, strict=False)]
@@ -78,11 +83,11 @@ async def test_first_attempt_at_once_then_base_delay_after_a_healthy_stream(auto
 
 
 async def test_refusals_grow_to_the_ceiling_and_config_errors_wait_the_ceiling(autojump_clock) -> None:  # type: ignore[no-untyped-def]
-    async def refuse(n, hub, on_connected):  # type: ignore[no-untyped-def]
+    async def refuse(n, on_connected):  # type: ignore[no-untyped-def]
         return classify_status(409, b'{"error_description":"too many"}', stream="s")
 
     up = Upstream(refuse)
-    hub = StreamHub("s", 1 << 20)
+    hub = StreamHub("s", MemoryLog(1 << 20))
     state = await run_for(4000, stream_config(), up, hub)
     gaps = [start - end for start, end in zip(up.starts[1:], up.ends, strict=False)]
     floors = [60, 120, 240, 480, 900, 900]
@@ -92,11 +97,11 @@ async def test_refusals_grow_to_the_ceiling_and_config_errors_wait_the_ceiling(a
     assert hub.upstream.last_error["status"] == 409
     assert hub.upstream.last_error["description"] == "too many"
 
-    async def not_found(n, hub, on_connected):  # type: ignore[no-untyped-def]
+    async def not_found(n, on_connected):  # type: ignore[no-untyped-def]
         return classify_status(404, b"", stream="s")
 
     up = Upstream(not_found)
-    hub = StreamHub("s", 1 << 20)
+    hub = StreamHub("s", MemoryLog(1 << 20))
     state = await run_for(2000, stream_config(), up, hub)
     gaps = [start - end for start, end in zip(up.starts[1:], up.ends, strict=False)]
     assert gaps and all(900 <= g <= 990 for g in gaps)
@@ -107,7 +112,7 @@ async def test_refusals_grow_to_the_ceiling_and_config_errors_wait_the_ceiling(a
 async def test_no_fault_sequence_opens_connections_less_than_base_apart(autojump_clock, seed: int) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(seed)
 
-    async def chaos(n, hub, on_connected):  # type: ignore[no-untyped-def]
+    async def chaos(n, on_connected):  # type: ignore[no-untyped-def]
         roll = rng.random()
         if roll < 0.1:
             raise RuntimeError("a bug in the attempt")
@@ -123,19 +128,19 @@ async def test_no_fault_sequence_opens_connections_less_than_base_apart(autojump
         )
 
     up = Upstream(chaos)
-    await run_for(6 * 3600, stream_config(), up, StreamHub("s", 1 << 20), seed=seed)
+    await run_for(6 * 3600, stream_config(), up, StreamHub("s", MemoryLog(1 << 20)), seed=seed)
     assert len(up.starts) > 5
     for end, next_start in zip(up.ends, up.starts[1:], strict=False):
         assert next_start - end >= BASE, (end, next_start)
 
 
 async def test_cancellation_stops_the_loop_and_marks_the_stream_stopped(autojump_clock) -> None:  # type: ignore[no-untyped-def]
-    async def hang(n, hub, on_connected):  # type: ignore[no-untyped-def]
+    async def hang(n, on_connected):  # type: ignore[no-untyped-def]
         on_connected()
         await trio.sleep_forever()
 
     up = Upstream(hang)
-    hub = StreamHub("s", 1 << 20)
+    hub = StreamHub("s", MemoryLog(1 << 20))
     assert await run_for(10, stream_config(), up, hub) == "streaming"
     assert len(up.starts) == 1 and len(up.ends) == 1
     assert hub.upstream.state == "stopped"
