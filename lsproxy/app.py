@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -44,8 +45,23 @@ class StreamRunner:
         self.hub = hub
         self.tokens = tokens
         self.scope = trio.CancelScope()
+        self.done = trio.Event()
 
-    async def run(self, not_before: float | None = None) -> None:
+    async def run(self, replaces: StreamRunner | None = None) -> None:
+        """Supervise every upstream connection of the stream until cancelled. When this
+        runner ``replaces`` a stopped one, its connections count as lost when that one's
+        are closed: the first attempts wait ``reconnect_delay`` from then."""
+        stream = self.config
+        not_before = None
+        try:
+            if replaces is not None:
+                await replaces.done.wait()
+                not_before = trio.current_time() + stream.upstream.reconnect_delay
+            await self._supervise(not_before)
+        finally:
+            self.done.set()
+
+    async def _supervise(self, not_before: float | None) -> None:
         stream = self.config
         with self.scope:
             async with trio.open_nursery() as nursery:
@@ -69,7 +85,7 @@ class Proxy:
         self.config = config
         self.hubs: dict[str, StreamHub] = {}  # shared with the server: it looks streams up per request
         self.runners: dict[str, StreamRunner] = {}
-        self.providers: dict[Credentials, TokenProvider] = {}
+        self.providers: dict[Credentials, tuple[TokenProvider, trio.CancelScope]] = {}
         server = config.server
         self.server = ConsumerServer(
             self.hubs,
@@ -115,15 +131,16 @@ class Proxy:
 
     # -- streams ------------------------------------------------------------
     def _provider(self, credentials: Credentials) -> TokenProvider:
-        provider = self.providers.get(credentials)
-        if provider is None:
-            provider = self.providers[credentials] = make_provider(credentials)
+        """One shared token provider per credential set, refreshing in the background."""
+        if credentials not in self.providers:
+            provider, scope = make_provider(credentials), trio.CancelScope()
+            self.providers[credentials] = (provider, scope)
             assert self._nursery is not None
-            self._nursery.start_soon(provider.run)
-        return provider
+            self._nursery.start_soon(_run_in_scope, scope, provider.run)
+        return self.providers[credentials][0]
 
     def _start_stream(
-        self, stream: StreamConfig, *, hub: StreamHub | None = None, not_before: float | None = None
+        self, stream: StreamConfig, *, hub: StreamHub | None = None, replaces: StreamRunner | None = None
     ) -> None:
         settings = stream.upstream
         if hub is None:
@@ -142,7 +159,7 @@ class Proxy:
         hub.token_status = tokens.status
         runner = self.runners[stream.name] = StreamRunner(stream, hub, tokens)
         assert self._nursery is not None
-        self._nursery.start_soon(runner.run, not_before)
+        self._nursery.start_soon(runner.run, replaces)
 
     # -- reload ---------------------------------------------------------------
     def reload(self, new: Config) -> list[str]:
@@ -162,19 +179,25 @@ class Proxy:
                 self._start_stream(stream)
                 changes.append(f"stream {name}: added")
             elif _upstream_identity(old) != _upstream_identity(stream):
-                runner = self.runners[name]
-                runner.scope.cancel()
-                # The closed connections count as lost: the new ones wait reconnect_delay.
-                not_before = trio.current_time() + stream.upstream.reconnect_delay
+                old_runner = self.runners[name]
+                old_runner.scope.cancel()
                 hub = self.hubs[name]
                 if stream.upstream.connections != len(hub.upstreams):
                     hub.resize_upstreams(stream.upstream.connections)
-                self._start_stream(stream, hub=hub, not_before=not_before)
+                self._start_stream(stream, hub=hub, replaces=old_runner)
                 changes.append(f"stream {name}: upstream settings changed, reconnecting after the delay")
             elif old != stream:
                 self.hubs[name].log.retention_bytes = stream.retention_bytes
                 self.runners[name].config = stream
                 changes.append(f"stream {name}: updated in place")
+        in_use = {stream.credentials for stream in new.streams}
+        for credentials in self.providers.keys() - in_use:
+            self.providers.pop(credentials)[1].cancel()
         self.server.router = Router(new.routes)
         self.config = new
         return changes
+
+
+async def _run_in_scope(scope: trio.CancelScope, run: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await run()

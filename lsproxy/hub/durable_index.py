@@ -25,43 +25,40 @@ import bisect
 from array import array
 from collections.abc import Iterable, Sequence
 
-from lsproxy.hub.log import Segment, Slice
+from lsproxy.hub.segment import Segment, Slice
 
 COMPACT_AFTER = 1024  # dead entries before the front is compacted
 
 
 def slice_segments(segs: Sequence[Segment], i: int, offset: int, max_bytes: int) -> Slice:
-    """Records from ``offset`` (or from ``segs[i].first`` if later) on, at most ``max_bytes``."""
-    seg = segs[i]
-    start = max(offset, seg.first)
-    from_byte = seg.byte_start(start)
-    if from_byte == 0 and len(seg.data) >= max_bytes:
-        return Slice(start, seg.end, seg.data)
-    parts: list[bytes] = []
+    """Records from ``offset`` (or from ``segs[i].first`` if later) on, at most ``max_bytes``:
+    ``MemoryLog.read_nowait``'s rule (whole segments as shareable pieces, a whole segment
+    read from its start uncut, at least one record), stopping at a gap."""
+    start = max(offset, segs[i].first)
+    pieces: list[Segment | bytes] = []
     size = 0
     end = start
     while i < len(segs):
         seg = segs[i]
         if seg.first > end:
             break  # a gap: stop here, the next read reports the skip
+        from_byte = seg.byte_start(end)
         room = max_bytes - size
-        seg_bytes = len(seg.data) - from_byte
-        if seg_bytes <= room:
-            parts.append(seg.data[from_byte:] if from_byte else seg.data)
-            size += seg_bytes
+        if len(seg.data) - from_byte <= room or (not pieces and from_byte == 0):
+            pieces.append(seg if from_byte == 0 else seg.data[from_byte:])
+            size += len(seg.data) - from_byte
             end = seg.end
-        else:
-            k = bisect.bisect_right(seg.ends, from_byte + room) - 1
-            first_index = end - seg.first
-            if k < first_index and size == 0:
-                k = first_index  # always at least one record
-            if k >= first_index:
-                parts.append(seg.data[from_byte : seg.ends[k]])
-                end = seg.first + k + 1
-            break
-        i += 1
-        from_byte = 0
-    return Slice(start, end, parts[0] if len(parts) == 1 else b"".join(parts))
+            i += 1
+            continue
+        k = bisect.bisect_right(seg.ends, from_byte + room) - 1
+        first_index = end - seg.first
+        if k < first_index and not pieces:
+            k = first_index  # always at least one record
+        if k >= first_index:
+            pieces.append(seg.data[from_byte : seg.ends[k]])
+            end = seg.first + k + 1
+        break
+    return Slice(start, end, tuple(pieces))
 
 
 class SegmentRun:
@@ -147,6 +144,8 @@ class SegmentRun:
                 break
             seg = self._segs[i]
             lo = max(len(seg.ends) - need, oldest - seg.first, 0)
+            if lo >= len(seg.ends):
+                break
             starts = (seg.ends[lo - 1] if lo else 0, *seg.ends[lo:-1])
             found.append([seg.data[s : e - 2] for s, e in zip(starts, seg.ends[lo:], strict=True)])
             need -= len(seg.ends) - lo

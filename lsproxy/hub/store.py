@@ -3,15 +3,14 @@
 Theory of operation
 -------------------
 ``<dir>/<stream>.sqlite3`` holds three tables. ``segments`` is the log itself:
-one row per run of consecutive records, ``first`` (the offset of its first
-record) is the INTEGER PRIMARY KEY, i.e. the rowid, so rows are stored in
-offset order in the table's own b-tree and need no second index. A row is a
-``log.Segment``: the records joined with their CRLFs (``data``) plus the end
-of every record (``ends``, little-endian uint32) and the arrival time. Rows
-are coalesced/split to about ``ROW_BYTES`` (one consumer batch), so that a
-disk read touches one or two rows and the row count stays small (at most
-about one row per commit when traffic is light). ``cursors`` and ``meta`` hold
-the named consumers' positions and the stream's state.
+one row per run of consecutive records (format and sizing: ``store_rows.py``).
+``first`` (the offset of its first record) is the INTEGER PRIMARY KEY, i.e. the
+rowid, so rows are stored in offset order in the table's own b-tree; there is
+no index on ``received_at``: the DurableLog keeps every row's offsets and time
+in memory (``RowIndex``, loaded at open from the record headers, blobs
+unread), which answers ``offset_at`` and retention without a query.
+``cursors`` and ``meta`` hold the named consumers' positions and the stream's
+state.
 
 One commit is one transaction, run by a worker thread: delete the rows that
 retention gave up, insert the new rows, upsert changed cursors and meta keys,
@@ -36,29 +35,29 @@ Nothing here knows trio; ``durable.py`` calls these methods in threads.
 
 from __future__ import annotations
 
-import array
-import bisect
+import contextlib
+import errno
 import logging
 import os
 import sqlite3
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lsproxy.errors import LsproxyError
-from lsproxy.hub.log import CRLF, Segment
+from lsproxy.hub.segment import Segment
+from lsproxy.hub.store_rows import coalesce, pack_ends, row_segment
 
 log = logging.getLogger("lsproxy.store")
 
-ROW_BYTES = 256 * 1024  # = the consumers' BATCH_BYTES: a disk read is one or two rows
 NEXT_KEY = "_log.next_offset"  # reserved meta key: the log's end, so offsets never repeat
 JOURNAL_LIMIT = 32 * 1024 * 1024  # the WAL is truncated back to this after a checkpoint
 VACUUM_STEP = 8192  # pages given back per commit at most (bounds the commit's latency)
 SQLITE_FULL, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_NOTADB = 13, 8, 10, 11, 26
 
 Connect = Callable[[str], sqlite3.Connection]
+ROW_SQL = "SELECT first, count, received_at, data, ends FROM segments"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments(first INTEGER PRIMARY KEY, count INTEGER NOT NULL,
@@ -95,7 +94,7 @@ def describe_error(exc: BaseException, path: str) -> str:
     """One line for logs and /status: what failed, in the operator's words."""
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if code is not None else None
-    if primary == SQLITE_FULL or getattr(exc, "errno", None) == 28:
+    if primary == SQLITE_FULL or getattr(exc, "errno", None) == errno.ENOSPC:
         return f"disk full (ENOSPC) writing {path}"
     if primary == SQLITE_READONLY:
         return f"store is read-only ({getattr(exc, 'sqlite_errorname', 'SQLITE_READONLY')}) writing {path}"
@@ -104,67 +103,6 @@ def describe_error(exc: BaseException, path: str) -> str:
     if isinstance(exc, OSError):
         return f"{exc.strerror or exc} writing {path}"
     return f"{exc} writing {path}"
-
-
-def pack_ends(ends: Sequence[int]) -> bytes:
-    packed = array.array("I", ends)
-    if sys.byteorder == "big":  # the file format is little-endian everywhere
-        packed.byteswap()
-    return packed.tobytes()
-
-
-def unpack_ends(blob: bytes) -> tuple[int, ...]:
-    packed = array.array("I")
-    packed.frombytes(blob)
-    if sys.byteorder == "big":
-        packed.byteswap()
-    return tuple(packed)
-
-
-def row_segment(
-    first: int, count: int, received_at: float, data: bytes, ends_blob: bytes, *, thorough: bool = False
-) -> Segment:
-    """A stored row as a Segment; ValueError when it is inconsistent."""
-    ends = unpack_ends(ends_blob)
-    if count < 1 or len(ends) != count or ends[-1] != len(data) or not data.endswith(CRLF):
-        raise ValueError(f"row at offset {first} is inconsistent")
-    if thorough and any(data[e - 2 : e] != CRLF or e <= s for s, e in zip((0, *ends), ends, strict=False)):
-        raise ValueError(f"row at offset {first} has broken record boundaries")
-    return Segment(first, data, ends, received_at)
-
-
-def coalesce(segments: Iterable[Segment], row_bytes: int = ROW_BYTES) -> list[Segment]:
-    """Pack consecutive segments into rows of at most ``row_bytes``, cut at record
-    boundaries (a larger record is a row of its own). A gap in offsets (records
-    dropped from the disk queue) starts a new row. A row's ``received_at`` is that
-    of its newest record: ``offset_at`` then errs towards replaying a little more."""
-    rows: list[Segment] = []
-    parts: list[bytes] = []
-    ends: list[int] = []
-    first, size, when = 0, 0, 0.0
-    for seg in segments:
-        if parts and seg.first != first + len(ends):
-            rows.append(Segment(first, b"".join(parts), tuple(ends), when))
-            parts, ends, size = [], [], 0
-        i, pos = 0, 0
-        while i < len(seg.ends):
-            k = bisect.bisect_right(seg.ends, pos + row_bytes - size, lo=i)
-            if k == i and parts:  # the next record does not fit: close this row
-                rows.append(Segment(first, b"".join(parts), tuple(ends), when))
-                parts, ends, size = [], [], 0
-                continue
-            k = max(k, i + 1)
-            if not parts:
-                first = seg.first + i
-            stop = seg.ends[k - 1]
-            parts.append(seg.data if pos == 0 and stop == len(seg.data) else seg.data[pos:stop])
-            ends.extend(e - pos + size for e in seg.ends[i:k])
-            size += stop - pos
-            when = seg.received_at
-            i, pos = k, stop
-    if parts:
-        rows.append(Segment(first, b"".join(parts), tuple(ends), when))
-    return rows
 
 
 @dataclass
@@ -176,6 +114,7 @@ class Loaded:
     cursors: dict[str, tuple[int, int]]
     meta: dict[str, str]
     next_offset: int
+    disk_bytes: int = 0
 
 
 @dataclass
@@ -209,6 +148,7 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._closed = False
 
     # -- connections --------------------------------------------------------
     def _writer(self) -> sqlite3.Connection:
@@ -217,7 +157,7 @@ class Store:
             try:
                 # auto_vacuum only takes effect before the first table exists (a new file).
                 conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
                 if str(mode).lower() != "wal":
                     raise StoreError(f"{self.path}: cannot switch to WAL mode (got {mode})")
                 conn.execute("PRAGMA synchronous = FULL")  # a finished commit survives power loss
@@ -233,10 +173,8 @@ class Store:
     def _drop_writer(self) -> None:
         # After a failed commit the connection may be in any state: start afresh.
         if self._conn is not None:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
-            except sqlite3.Error:
-                pass
             self._conn = None
 
     # -- open ---------------------------------------------------------------
@@ -246,7 +184,7 @@ class Store:
             conn = self._writer()
             problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
-                raise Damaged("quick_check: " + "; ".join(problems))
+                raise Damaged("quick_check: " + "; ".join(problems).replace("\n", " "))
             # length(data) comes from the record header: the blobs are not read here.
             index: list[tuple[int, int, int, float]] = []
             end = 0
@@ -263,10 +201,7 @@ class Store:
                 budget -= index[start][2]
             tail = []
             if start < len(index):
-                for row in conn.execute(
-                    "SELECT first, count, received_at, data, ends FROM segments WHERE first >= ? ORDER BY first",
-                    (index[start][0],),
-                ):
+                for row in conn.execute(f"{ROW_SQL} WHERE first >= ? ORDER BY first", (index[start][0],)):
                     tail.append(row_segment(*row))
             cursors = {n: (p, s) for n, p, s in conn.execute("SELECT name, position, skipped FROM cursors")}
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -277,25 +212,28 @@ class Store:
                 f"cannot open stream database {self.path}: {describe_error(exc, self.path)}"
             ) from exc
         next_offset = max(end, int(meta.pop(NEXT_KEY, 0)))
-        return Loaded(index, tail, cursors, meta, next_offset)
+        return Loaded(index, tail, cursors, meta, next_offset, self.disk_bytes())
 
     # -- writing ------------------------------------------------------------
     def commit(self, work: Commit) -> Committed:
         """One transaction. Raises sqlite3.Error/OSError on failure (nothing written)."""
         started = time.perf_counter()
-        rows = coalesce(work.segments)
+        rows: list[tuple[int, int, int, float]] = []
+
+        def params() -> Iterator[tuple[int, int, float, bytes, bytes]]:
+            for r in coalesce(work.segments):
+                rows.append((r.first, len(r.ends), len(r.data), r.received_at))
+                yield r.first, len(r.ends), r.received_at, r.data, pack_ends(r.ends)
+
         conn = self._writer()
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM segments WHERE first < ?", (work.trim_below,))
-            if rows:
+            if work.segments:
                 # A commit that failed in its last fsync may still have landed: make the
                 # retry idempotent (nothing at or above the batch is committed otherwise).
-                conn.execute("DELETE FROM segments WHERE first >= ?", (rows[0].first,))
-                conn.executemany(
-                    "INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
-                    [(r.first, len(r.ends), r.received_at, r.data, pack_ends(r.ends)) for r in rows],
-                )
+                conn.execute("DELETE FROM segments WHERE first >= ?", (work.segments[0].first,))
+                conn.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", params())
             conn.executemany(
                 "INSERT INTO cursors VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "position = excluded.position, skipped = excluded.skipped, updated_at = excluded.updated_at",
@@ -311,7 +249,7 @@ class Store:
             raise
         self._give_back_space(conn)
         return Committed(
-            [(r.first, len(r.ends), len(r.data), r.received_at) for r in rows],
+            rows,
             time.perf_counter() - started,
             self.disk_bytes(),
         )
@@ -320,8 +258,8 @@ class Store:
         # Free pages are reused by later inserts; give them back only when a large
         # share of the file is free (retention shrank), a bounded step per commit.
         try:
-            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            free = conn.execute("PRAGMA freelist_count").fetchall()[0][0]
+            pages = conn.execute("PRAGMA page_count").fetchall()[0][0]
             if free > 1024 and free * 4 > pages:
                 conn.execute(f"PRAGMA incremental_vacuum({min(free - pages // 8, VACUUM_STEP)})").fetchall()
         except sqlite3.Error as exc:  # the data is committed; the next commit will tell
@@ -330,10 +268,8 @@ class Store:
     def disk_bytes(self) -> int:
         total = 0
         for suffix in ("", "-wal", "-shm"):
-            try:
+            with contextlib.suppress(OSError):
                 total += os.stat(self.path + suffix).st_size
-            except OSError:
-                pass
         return total
 
     # -- reading ------------------------------------------------------------
@@ -343,29 +279,29 @@ class Store:
         conn = self._reader()
         try:
             try:
-                return [
-                    row_segment(*row)
-                    for row in conn.execute(
-                        "SELECT first, count, received_at, data, ends FROM segments "
-                        "WHERE first BETWEEN ? AND ? ORDER BY first",
-                        (firsts[0], firsts[-1]),
-                    )
-                ]
+                # fetchall: the read transaction ends here, before any row is examined
+                # (an open one would keep the checkpoint from resetting the WAL).
+                raw = conn.execute(
+                    f"{ROW_SQL} WHERE first BETWEEN ? AND ? ORDER BY first", (firsts[0], firsts[-1])
+                )
+                return [row_segment(*row) for row in raw.fetchall()]
             except (sqlite3.DatabaseError, ValueError):
                 return self._read_rows_one_by_one(conn, firsts)
         finally:
             with self._readers_lock:
-                self._readers.append(conn)
+                if self._closed:  # closed while this read was running
+                    conn.close()
+                else:
+                    self._readers.append(conn)
 
     def _read_rows_one_by_one(self, conn: sqlite3.Connection, firsts: Sequence[int]) -> list[Segment]:
         rows = []
         for first in firsts:
             try:
-                got = conn.execute(
-                    "SELECT first, count, received_at, data, ends FROM segments WHERE first = ?", (first,)
-                ).fetchone()
-                if got is not None:
-                    rows.append(row_segment(*got))
+                rows += [
+                    row_segment(*got)
+                    for got in conn.execute(f"{ROW_SQL} WHERE first = ?", (first,)).fetchall()
+                ]
             except (sqlite3.DatabaseError, ValueError) as exc:
                 log.error("%s: row at offset %d is unreadable (%s); readers skip it", self.path, first, exc)
         return rows
@@ -383,7 +319,7 @@ class Store:
     def close(self) -> None:
         """Checkpoint the WAL into the file (leaving it empty) and close everything."""
         with self._readers_lock:
-            readers, self._readers = self._readers, []
+            readers, self._readers, self._closed = self._readers, [], True
         for conn in readers:
             conn.close()
         if self._conn is not None:

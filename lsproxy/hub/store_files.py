@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 from lsproxy.hub.store import (
     NEXT_KEY,
+    ROW_SQL,
     Connect,
     Damaged,
     Loaded,
@@ -52,7 +53,6 @@ log = logging.getLogger("lsproxy.store")
 LOCK_NAME = "lsproxy.lock"
 PID_NAME = "lsproxy.pid"
 SALVAGE_BATCH = 64 * 1024 * 1024  # bytes copied per transaction while salvaging
-ROW_SQL = "SELECT first, count, received_at, data, ends FROM segments"
 
 
 def stream_db_path(directory: str, stream: str) -> str:
@@ -141,7 +141,10 @@ def open_store(path: str, tail_bytes: int, connect: Connect = connect_sqlite) ->
         return store, store.load(tail_bytes)
     except Damaged as damage:  # the salvaged copy is damaged too: the disk is failing
         store.close()
-        raise StoreError(f"{path} is still damaged after recovery ({damage}); move {path} away") from None
+        raise StoreError(
+            f"stream database {path} is still damaged after recovery ({damage}), the disk may be failing; "
+            f"move {path} away to start this stream empty"
+        ) from None
 
 
 def _remove_db(path: str) -> None:
@@ -156,6 +159,8 @@ def recover(path: str, reason: str, connect: Connect = connect_sqlite) -> str:
     try:
         source = sqlite3.connect(path, isolation_level=None)
         source.execute("PRAGMA query_only = 1")
+        # Lets SQLite read a truncated file (else every query fails): we never write here.
+        source.execute("PRAGMA writable_schema = ON")
     except sqlite3.Error as exc:
         raise StoreError(
             f"stream database {path} is damaged ({reason}) and cannot be opened ({exc}); "
@@ -257,7 +262,8 @@ def _copy_rows(
                 keep(row, suffix, False)
                 low = row[0]
         except (sqlite3.DatabaseError, ValueError) as back:
-            notes.append(f"reading backward stopped above offset {'the end' if low is None else low}: {back}")
+            where = "nothing readable" if low is None else f"stopped above offset {low}"
+            notes.append(f"reading backward: {where}: {back}")
         kept += reversed(suffix)
     conn.execute("COMMIT")
     return kept, kept[-1][1] if kept else 0, notes

@@ -45,6 +45,16 @@ def parse_stream(text: str) -> SimStream:
     return SimStream(parts[0], suite, rate)
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``lsproxy simulate``."""
     d = SimSettings()
@@ -82,6 +92,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--redirect", action="store_true", help="answer /api/N/stream/E with a cross-origin 302 to a node URL"
     )
     parser.add_argument("--seed", type=int, default=d.seed, help="hit content seed (default 1)")
+    parser.add_argument(
+        "--oauth-client-id",
+        default=d.oauth_client_id,
+        metavar="ID",
+        help="enable the IMS look-alike at POST /ims/token/v3 for this client id "
+        "(needs --oauth-client-secret); stream requests must then send it as x-api-key "
+        "unless --api-key says otherwise",
+    )
+    parser.add_argument(
+        "--oauth-client-secret",
+        default=d.oauth_client_secret,
+        metavar="SECRET",
+        help="the client secret the IMS look-alike accepts",
+    )
+    parser.add_argument(
+        "--token-ttl",
+        type=_positive_seconds,
+        default=d.token_ttl,
+        metavar="SECONDS",
+        help="lifetime of issued tokens (default 86400; fractions allowed)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> SimSettings:
@@ -98,6 +129,9 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         backfill=args.backfill,
         redirect=args.redirect,
         seed=args.seed,
+        oauth_client_id=args.oauth_client_id,
+        oauth_client_secret=args.oauth_client_secret,
+        token_ttl=args.token_ttl,
     )
 
 
@@ -122,3 +156,10 @@ async def run(settings: SimSettings) -> None:
             )
         if len(settings.streams) > LOG_STREAMS:
             log.info("  ... and %d more streams", len(settings.streams) - LOG_STREAMS)
+        if settings.oauth:
+            log.info(
+                "  IMS token endpoint at http://%s:%d/ims/token/v3 (tokens live %g s)",
+                shown,
+                port,
+                settings.token_ttl,
+            )

@@ -2,7 +2,9 @@
 
 ``GET /_sim/stats``; ``POST /_sim/drop?stream=E``, ``/_sim/rate?stream=E&rate=R``,
 ``/_sim/stall?stream=E&seconds=S``, ``/_sim/fail?stream=E&status=S&count=N``,
-``/_sim/corrupt?stream=E``, ``/_sim/reset``.
+``/_sim/corrupt?stream=E``, ``/_sim/reset``; for the IMS look-alike
+``/_sim/ims_fail?count=N[&status=S]`` (the next N token requests fail, 500 by
+default) and ``/_sim/ims_revoke`` (every issued token becomes unknown).
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ def _number(
     return value
 
 
+def _status(req: Request, default: float | None = None) -> int:
+    status = int(_number(req, "status", integer=True, default=default))
+    if not 100 <= status <= 599:
+        raise _BadParam("status must be an HTTP status code")
+    return status
+
+
 async def handle_control(sim: Simulator, http: HttpConnection, req: Request) -> None:
     action = req.path.removeprefix("/_sim/")
     if action == "stats":
@@ -50,7 +59,7 @@ async def handle_control(sim: Simulator, http: HttpConnection, req: Request) -> 
             return
         await http.send_json(200, sim.stats())
         return
-    if action not in ("drop", "rate", "stall", "fail", "corrupt", "reset"):
+    if action not in ("drop", "rate", "stall", "fail", "corrupt", "reset", "ims_fail", "ims_revoke"):
         await http.send_error(refusal(404, f"no such control {req.path}"))
         return
     if req.method != "POST":
@@ -59,6 +68,19 @@ async def handle_control(sim: Simulator, http: HttpConnection, req: Request) -> 
     if action == "reset":
         sim.reset_stats()
         await http.send_json(200, {"ok": True})
+        return
+    if action == "ims_revoke":
+        await http.send_json(200, {"ok": True, "revoked": sim.revoke_tokens()})
+        return
+    if action == "ims_fail":
+        try:
+            count = int(_number(req, "count", integer=True, default=1))
+            status = _status(req, default=500)
+        except _BadParam as exc:
+            await http.send_error(refusal(400, str(exc)))
+            return
+        sim.fail_ims(count, status)
+        await http.send_json(200, {"ok": True, "count": count, "status": status})
         return
     endpoint = req.query.get("stream", "")
     if endpoint not in sim.streams:
@@ -77,9 +99,7 @@ async def handle_control(sim: Simulator, http: HttpConnection, req: Request) -> 
             sim.stall(endpoint, seconds)
             result["seconds"] = seconds
         elif action == "fail":
-            status = int(_number(req, "status", integer=True))
-            if not 100 <= status <= 599:
-                raise _BadParam("status must be an HTTP status code")
+            status = _status(req)
             count = int(_number(req, "count", integer=True, default=1))
             sim.fail_next(endpoint, status, count)
             result.update(status=status, count=count)

@@ -10,6 +10,7 @@ written again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from http import HTTPStatus
@@ -49,10 +50,11 @@ class HttpConnection:
         self.broken = False
 
     async def read_request(self) -> Request | None:
-        """The next request (body read and discarded), or None when the peer is gone
-        or broke the protocol (a 400 is sent first when still possible)."""
+        """The next request (its body, at most ``MAX_BODY`` bytes, in ``Request.body``), or
+        None when the peer is gone or broke the protocol (a 400 is sent first when still
+        possible)."""
         req: Request | None = None
-        body = 0
+        body = bytearray()
         try:
             with trio.move_on_after(HEAD_TIMEOUT):
                 while True:
@@ -72,12 +74,12 @@ class HttpConnection:
                             headers,
                         )
                     elif isinstance(event, h11.Data):
-                        body += len(event.data)
-                        if body > MAX_BODY:
+                        body += event.data
+                        if len(body) > MAX_BODY:
                             await self.send_error(Refusal(413, "payload_too_large", "request body too large"))
                             return None
                     elif isinstance(event, h11.EndOfMessage):
-                        return req
+                        return dataclasses.replace(req, body=bytes(body)) if req and body else req
                     else:  # ConnectionClosed, PAUSED
                         return None
         except h11.RemoteProtocolError as exc:

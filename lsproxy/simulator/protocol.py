@@ -6,12 +6,19 @@ gzip 406, ``maxConnections`` 400, ``smoothingBucketSize`` 400 (and an
 unknown ``reset`` value 400). Everything after that (slots, failures
 injected by tests, rate 0) depends on the stream's live state: see
 ``stream.StreamState.admit``.
+
+The bearer token is accepted when it is the static ``token`` or, with the
+IMS look-alike enabled, a token it issued that has not expired (the caller
+passes the lookup, ``ims.ImsState.lookup``); an expired issued token is a
+401 ``invalid_token`` "token expired". Every 401 carries a ``reason`` for
+the simulator's stats: missing_token, invalid_token, expired_token, api_key.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -44,6 +51,7 @@ class Request:
     target: str
     http_version: str
     headers: dict[str, str]
+    body: bytes = field(default=b"", repr=False)  # the request body (bounded by the reader)
     path: str = field(init=False)
     query_string: str = field(init=False)
     query: dict[str, str] = field(init=False)
@@ -63,6 +71,7 @@ class Refusal:
     status: int
     error: str
     description: str
+    reason: str = field(default="", compare=False)  # for stats only, never sent
 
     def body(self) -> bytes:
         return json.dumps({"error": self.error, "error_description": self.description}).encode()
@@ -79,9 +88,36 @@ class StreamParams:
     smoothing_bucket_size: int
 
 
-def authorization_ok(headers: dict[str, str], token: str) -> bool:
+#: Looks up an issued token: "valid", "expired" or "unknown".
+TokenLookup = Callable[[str], str]
+
+
+def bearer_token(headers: dict[str, str]) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, or None."""
     scheme, _, value = headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and value.strip() == token
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
+def authorization_ok(headers: dict[str, str], token: str, issued: TokenLookup | None = None) -> bool:
+    return check_authorization(headers, token, issued) is None
+
+
+def check_authorization(
+    headers: dict[str, str], token: str, issued: TokenLookup | None = None
+) -> Refusal | None:
+    """None when the bearer token is the static one or a valid issued one, else the 401."""
+    value = bearer_token(headers)
+    if value is not None and value == token:
+        return None
+    if value and issued is not None:
+        state = issued(value)
+        if state == "valid":
+            return None
+        if state == "expired":
+            return Refusal(401, "invalid_token", "token expired", reason="expired_token")
+    if "authorization" not in headers:
+        return Refusal(401, ERROR_NAMES[401], "missing bearer token", reason="missing_token")
+    return Refusal(401, ERROR_NAMES[401], "invalid bearer token", reason="invalid_token")
 
 
 def accepts_gzip(headers: dict[str, str]) -> bool:
@@ -108,20 +144,24 @@ def _int_param(query: dict[str, str], name: str, default: int, lo: int, hi: int)
     return int(raw)
 
 
-def check_stream_request(req: Request, settings: SimSettings) -> StreamParams | Refusal:
+def check_stream_request(
+    req: Request, settings: SimSettings, issued: TokenLookup | None = None
+) -> StreamParams | Refusal:
     """Everything a stream connection must satisfy before the live state is consulted.
 
     The caller has already matched the path to a known endpoint (else 404).
+    ``issued`` looks up tokens issued by the IMS look-alike (None: static token only).
     """
     if req.method != "GET":
         return refusal(405, f"method {req.method} not allowed; use GET")
     if req.http_version != "1.1":
         return refusal(505, f"HTTP/{req.http_version} not supported; use HTTP/1.1")
-    if not authorization_ok(req.headers, settings.token):
-        has = "authorization" in req.headers
-        return refusal(401, "invalid bearer token" if has else "missing bearer token")
-    if settings.api_key is not None and req.headers.get("x-api-key") != settings.api_key:
-        return refusal(401, "x-api-key missing or invalid")
+    denied = check_authorization(req.headers, settings.token, issued)
+    if denied is not None:
+        return denied
+    api_key = settings.expected_api_key
+    if api_key is not None and req.headers.get("x-api-key") != api_key:
+        return Refusal(401, ERROR_NAMES[401], "x-api-key missing or invalid", reason="api_key")
     if not accepts_gzip(req.headers):
         return refusal(406, "Accept-Encoding must include gzip")
     max_conns = _int_param(req.query, "maxConnections", 1, 1, 8)
@@ -136,13 +176,15 @@ def check_stream_request(req: Request, settings: SimSettings) -> StreamParams | 
     return StreamParams(max_conns, reset, bucket)
 
 
-def masked_headers(headers: dict[str, str], token: str) -> dict[str, object]:
+def masked_headers(
+    headers: dict[str, str], token: str, issued: TokenLookup | None = None
+) -> dict[str, object]:
     """Request headers for /_sim/stats: Authorization masked, plus authorization_ok."""
     out: dict[str, object] = dict(headers)
     if "authorization" in out:
         scheme = headers["authorization"].partition(" ")[0]
         out["authorization"] = f"{scheme} ***" if scheme else "***"
-    out["authorization_ok"] = authorization_ok(headers, token)
+    out["authorization_ok"] = authorization_ok(headers, token, issued)
     return out
 
 

@@ -9,6 +9,10 @@ themselves are shared between connections (see ``buffer``). Whatever ends a
 stream (client gone, ``drop``, ``corrupt``, shutdown), ``finally`` releases
 the slot, which then lingers, and the socket is closed without the final
 chunk: an abrupt end, as the real service's.
+
+``POST /ims/token/v3`` is the IMS look-alike (see ``ims``); the stream
+endpoint then also accepts the tokens it issued, until they expire. 401s of
+the stream endpoint are counted by reason (``stats()["auth_failures"]``).
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import contextlib
 import logging
 import time
 import zlib
+from collections import Counter
 from typing import Any
 
 import trio
 
 from lsproxy.simulator.control import handle_control
 from lsproxy.simulator.http import HttpConnection, receive_or_eof
+from lsproxy.simulator.ims import IMS_PATH, ImsState, handle_token
 from lsproxy.simulator.protocol import (
     NODE_PATH,
     STREAM_PATH,
@@ -49,6 +55,8 @@ class Simulator:
     def __init__(self, settings: SimSettings) -> None:
         self.settings = settings
         self.streams = {s.endpoint: StreamState(s, settings) for s in settings.streams}
+        self.ims = ImsState(settings)
+        self.auth_failures: Counter[str] = Counter()  # stream 401s by reason
         self.address: tuple[str, int] | None = None
         self._wall0 = time.time()
         self._t0 = 0.0
@@ -104,16 +112,34 @@ class Simulator:
         """Each open connection sends a non-deflate chunk next, then closes."""
         return self._stream(endpoint).corrupt()
 
+    def fail_ims(self, count: int, status: int = 500) -> None:
+        """Answer the next ``count`` IMS token requests with ``status``."""
+        self.ims.fail(count, status)
+
+    def revoke_tokens(self) -> int:
+        """Forget every token the IMS look-alike issued (the stream answers 401 to them)."""
+        return self.ims.revoke()
+
+    def token_state(self, token: str) -> str:
+        """``valid``, ``expired`` or ``unknown``: an issued token, on the trio clock."""
+        return self.ims.lookup(token, trio.current_time())
+
     def reset_stats(self) -> None:
         for stream in self.streams.values():
             stream.reset_stats()
+        self.ims.reset_stats()
+        self.auth_failures.clear()
 
     def stats(self) -> dict[str, Any]:
         try:
             now: float | None = trio.current_time()
         except RuntimeError:
             now = None
-        return {"streams": {name: s.stats(now) for name, s in self.streams.items()}}
+        return {
+            "streams": {name: s.stats(now) for name, s in self.streams.items()},
+            "ims": self.ims.stats(now),
+            "auth_failures": dict(sorted(self.auth_failures.items())),
+        }
 
     # --- HTTP ---------------------------------------------------------------
     async def _handle(self, sock: trio.SocketStream) -> None:
@@ -150,6 +176,9 @@ class Simulator:
                 await http.send_response(302, b"", [("location", location)])
                 return True
             return await self._stream_request(http, req, stream)
+        if req.path == IMS_PATH:
+            await handle_token(self, http, req, trio.current_time())
+            return True
         if req.path.startswith("/_sim/"):
             await handle_control(self, http, req)
             return True
@@ -161,11 +190,14 @@ class Simulator:
         now = trio.current_time()
         stream.attempts += 1
         stream.attempt_times.append(now)
-        stream.last_headers = masked_headers(req.headers, self.settings.token)
-        checked = check_stream_request(req, self.settings)
+        issued = self.token_state if self.settings.oauth else None
+        stream.last_headers = masked_headers(req.headers, self.settings.token, issued)
+        checked = check_stream_request(req, self.settings, issued)
         outcome = checked if isinstance(checked, Refusal) else stream.admit(checked, now)
         if isinstance(outcome, Refusal):
             stream.statuses[outcome.status] += 1
+            if outcome.status == 401:
+                self.auth_failures[outcome.reason or "other"] += 1
             allow = [("allow", "GET")] if outcome.status == 405 else None
             await http.send_error(outcome, allow)
             return True

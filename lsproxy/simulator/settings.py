@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -34,6 +35,10 @@ class SimSettings:
     retain: int = 200_000  # hits kept per stream for resume / reset=smallest
     batch_interval: float = 0.01  # seconds between generated batches
     seed: int = 1  # deterministic hit content
+    # OAuth (IMS) look-alike at POST /ims/token/v3, off unless both are set (see ``ims``).
+    oauth_client_id: str | None = None
+    oauth_client_secret: str | None = None
+    token_ttl: float = 86400.0  # lifetime of issued tokens, seconds (may be fractional)
 
     def __post_init__(self) -> None:
         names = [s.endpoint for s in self.streams]
@@ -50,6 +55,23 @@ class SimSettings:
             raise ValueError("batch_interval must be > 0")
         if self.backfill < 0 or self.linger < 0 or self.resume_window < 0:
             raise ValueError("backfill, linger and resume_window must be >= 0")
+        if (self.oauth_client_id is None) != (self.oauth_client_secret is None):
+            raise ValueError("set both oauth_client_id and oauth_client_secret, or neither")
+        if self.oauth_client_id == "" or self.oauth_client_secret == "":
+            raise ValueError("oauth_client_id and oauth_client_secret must not be empty")
+        if not 0 < self.token_ttl < math.inf:
+            raise ValueError("token_ttl must be a finite number > 0")
+
+    @property
+    def oauth(self) -> bool:
+        """The IMS token endpoint is enabled."""
+        return self.oauth_client_id is not None
+
+    @property
+    def expected_api_key(self) -> str | None:
+        """The x-api-key a stream request must carry: ``api_key``, else the OAuth client id
+        (as Adobe expects with OAuth credentials), else None (not checked)."""
+        return self.api_key if self.api_key is not None else self.oauth_client_id
 
     def stream(self, endpoint: str) -> SimStream | None:
         for s in self.streams:

@@ -17,6 +17,9 @@ Theory of operation:
 - With several open connections each takes the hits whose visitor key modulo
   the number of open connections equals its index among them: all hits of a
   visitor go to one connection, and every hit to exactly one connection.
+  When a connection joins or leaves, the split changes: all connections go
+  back to the lowest cursor among them (``_rebalance``), so no hit is lost to
+  the change; the re-read ones are the duplicates Live Stream warns about.
 All bookkeeping is synchronous; only ``wait_changed`` awaits.
 """
 
@@ -131,6 +134,8 @@ class StreamState:
                 f"maxConnections={params.max_connections}",
             )
         conn = Conn(params.max_connections, self._start_position(params, now), now)
+        if self.open:
+            conn.cursor = self._rebalance(conn.cursor)
         self.open.append(conn)
         self.accepted += 1
         self.poke()
@@ -160,10 +165,22 @@ class StreamState:
             return
         conn.closed = True
         self.open.remove(conn)
+        if self.open:
+            self._rebalance(conn.cursor)
         self.lingering.append(now + self.settings.linger)
         self.last_disconnect = now
         self.disconnect_times.append(now)
         self.poke()
+
+    def _rebalance(self, cursor: int) -> int:
+        """The split of hits among connections is about to change: every open connection
+        goes back to the lowest cursor, so each hit not yet read by its owner is read
+        again under the new split (duplicates, as Live Stream has when connections
+        come and go; never a lost hit). Returns that cursor."""
+        floor = min([cursor, *(c.cursor for c in self.open)])
+        for c in self.open:
+            c.cursor = floor
+        return floor
 
     def collect(self, conn: Conn) -> tuple[list[bytes], bool]:
         """This connection's share of the hits after its cursor, and whether the

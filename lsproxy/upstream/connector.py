@@ -65,7 +65,7 @@ class TokenSource(Protocol):
     @property
     def api_key(self) -> Secret | None: ...
     async def get(self) -> Secret: ...
-    def invalidate(self) -> None: ...
+    def invalidate(self, token: Secret | None = None) -> None: ...
 
 
 def upstream_params(settings: UpstreamSettings) -> dict[str, str]:
@@ -123,7 +123,8 @@ async def stream_once(
                         request = follow_redirect(request, status, response.headers.get("location"), hops)
                         continue
                     if status == 401:
-                        tokens.invalidate()  # the reconnect after the wait fetches a fresh token
+                        # Only this token is bad: another connection may already have replaced it.
+                        tokens.invalidate(token)
                     if not 200 <= status < 300:
                         with trio.move_on_after(head_deadline):
                             return classify_status(status, await _read_limited(response), stream=stream.name)

@@ -79,7 +79,9 @@ async def test_reload_adds_removes_and_changes_streams_leaving_the_others_untouc
         assert sim.stream_stats("keep")["attempts"] == 1  # untouched: no new connection
         change = sim.stream_stats("change")
         assert change["accepted"] == 2
-        assert change["attempt_times"][1] - change["disconnect_times"][0] >= 0.3
+        # Counted from when the proxy closed the old connection; the simulator notices
+        # the close a moment later (its EOF), hence the small allowance.
+        assert change["attempt_times"][1] - change["disconnect_times"][0] >= 0.3 - 0.02
         assert sim.stream_stats("added")["accepted"] == 1
         assert old is not proxy.proxy.config
         for r in [*readers.values(), added]:

@@ -59,7 +59,7 @@ class Records:
 
 async def wait_for(pred: Callable[[], bool], timeout: float = 1.0) -> None:
     with trio.fail_after(timeout):
-        while not pred():  # noqa: ASYNC110 - polls sim.stats(), which has no event to wait on
+        while not pred():
             await trio.sleep(0.01)
 
 

@@ -63,6 +63,12 @@ def test_all_flags() -> None:
         "--redirect",
         "--seed",
         "9",
+        "--oauth-client-id",
+        "cid",
+        "--oauth-client-secret",
+        "csecret",
+        "--token-ttl",
+        "0.5",
     )
     assert (s.host, s.port) == ("0.0.0.0", 9000)
     assert s.streams == (SimStream("a"), SimStream("b", rate=0.0), SimStream("c", "suite-c", 12.5))
@@ -75,6 +81,31 @@ def test_all_flags() -> None:
         True,
         9,
     )
+    assert (s.oauth_client_id, s.oauth_client_secret, s.token_ttl) == ("cid", "csecret", 0.5)
+    assert s.oauth and s.expected_api_key == "k"
+
+
+def test_oauth_defaults_and_settings_rules() -> None:
+    s = parse()
+    assert (s.oauth_client_id, s.oauth_client_secret, s.token_ttl) == (None, None, 86400.0)
+    assert not s.oauth and s.expected_api_key is None
+    s = parse("--oauth-client-id", "cid", "--oauth-client-secret", "x")
+    assert s.oauth and s.expected_api_key == "cid"  # x-api-key defaults to the client id
+    for bad in (
+        {"oauth_client_id": "cid"},
+        {"oauth_client_secret": "x"},
+        {"oauth_client_id": "", "oauth_client_secret": "x"},
+        {"oauth_client_id": "cid", "oauth_client_secret": "x", "token_ttl": 0.0},
+        {"token_ttl": float("inf")},
+    ):
+        with pytest.raises(ValueError):
+            SimSettings(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "x", "inf", "nan"])
+def test_bad_token_ttl(text: str) -> None:
+    with pytest.raises(SystemExit):
+        parse("--token-ttl", text)
 
 
 @pytest.mark.parametrize("text", ["nope", "host:", "host:99999", "h:p"])
@@ -154,6 +185,39 @@ def test_check_order_and_defaults() -> None:
 )
 def test_accepts_gzip(value: str, ok: bool) -> None:
     assert accepts_gzip({"accept-encoding": value} if value else {}) is ok
+
+
+def test_issued_tokens_and_401_reasons() -> None:
+    states = {"good": "valid", "old": "expired"}
+    settings = SimSettings(oauth_client_id="cid", oauth_client_secret="x")
+
+    def lookup(token: str) -> str:
+        return states.get(token, "unknown")
+
+    def check(auth: str, key: str = "cid") -> StreamParams | Refusal:
+        return check_stream_request(req(authorization=auth, x_api_key=key), settings, lookup)
+
+    assert check("Bearer good") == StreamParams(1, None, 270)
+    assert check("Bearer demo-token") == StreamParams(1, None, 270)  # the static token still works
+    expired = check("Bearer old")
+    assert isinstance(expired, Refusal) and expired.reason == "expired_token"
+    assert (expired.status, expired.error, expired.description) == (401, "invalid_token", "token expired")
+    reasons = []
+    for auth, key in (("Bearer nope", "cid"), ("", "cid"), ("Bearer good", ""), ("Bearer good", "zz")):
+        result = check(auth, key)
+        assert isinstance(result, Refusal) and result.status == 401
+        reasons.append(result.reason)
+    assert reasons == ["invalid_token", "missing_token", "api_key", "api_key"]
+    # Without a lookup (OAuth off) issued tokens mean nothing.
+    plain = check_stream_request(req(authorization="Bearer good", x_api_key="cid"), settings)
+    assert isinstance(plain, Refusal) and plain.reason == "invalid_token"
+    masked = masked_headers({"authorization": "Bearer good"}, "demo-token", lookup)
+    assert masked == {"authorization": "Bearer ***", "authorization_ok": True}
+
+
+def test_request_body_is_not_in_repr() -> None:
+    r = Request("POST", "/ims/token/v3", "1.1", {}, b"client_secret=hidden")
+    assert r.body == b"client_secret=hidden" and "hidden" not in repr(r)
 
 
 def test_masked_headers_and_redirect_location() -> None:
