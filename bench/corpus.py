@@ -74,7 +74,9 @@ def _render_base(n: int) -> list[tuple[bytes, int, int]]:
             end += 1
         head = line[:at]
         tail = line[end:]
-        record = head + b"%019d" % (SEQ_BASE + i) + b',"benchTs":' + b"%019d" % TS_PLACEHOLDER + tail + b"\r\n"
+        record = (
+            head + b"%019d" % (SEQ_BASE + i) + b',"benchTs":' + b"%019d" % TS_PLACEHOLDER + tail + b"\r\n"
+        )
         seq_off = len(head)
         ts_off = seq_off + 19 + len(b',"benchTs":')
         out.append((record, seq_off, ts_off))
@@ -92,9 +94,7 @@ def _compress_member(base: list[tuple[bytes, int, int]], first: int, count: int)
     c_pos = 0
     for b_first in range(first, first + count, BATCH):
         n = min(BATCH, first + count - b_first)
-        raw = b"".join(
-            _patch(base[s % BASE][0], base[s % BASE][1], s) for s in range(b_first, b_first + n)
-        )
+        raw = b"".join(_patch(base[s % BASE][0], base[s % BASE][1], s) for s in range(b_first, b_first + n))
         out = comp.compress(raw) + comp.flush(zlib.Z_SYNC_FLUSH)
         if b_first + n == first + count:
             out += comp.flush(zlib.Z_FINISH)
@@ -146,8 +146,10 @@ def ensure_corpus(build: Path, log=print) -> Path:
     }
     (cdir / "meta.json").write_text(json.dumps(meta, indent=1))
     (cdir / "done").write_text("ok\n")
-    log(f"  corpus ready in {time.monotonic() - t:.1f} s: {REPLAY} records, "
-        f"{meta['avg_record_bytes']:.0f} B/record, gzip level {LEVEL} ratio {meta['compression_ratio']:.1f}")
+    log(
+        f"  corpus ready in {time.monotonic() - t:.1f} s: {REPLAY} records, "
+        f"{meta['avg_record_bytes']:.0f} B/record, gzip level {LEVEL} ratio {meta['compression_ratio']:.1f}"
+    )
     return cdir
 
 

@@ -64,7 +64,6 @@
 #define MAX_WATCH 4
 #define MAX_LAT_SAMPLES (8u << 20)
 #define MAX_PUB_PER_S 20000.0
-#define PUB_PIPELINE 4
 
 /* ------------------------------------------------------------------ utils */
 
@@ -215,7 +214,7 @@ static struct {
     char churn_path[1024];
     const char *out;
     int max_inflight;
-    int pub_batches;
+    int pub_batches, pub_pipeline;
 } O;
 static char run_error[256];
 
@@ -387,7 +386,7 @@ static int feeder_fd(void) { return O.mode == MODE_PROXY ? F.up_fd : F.pub_fd; }
 static int transport_idle(void) {
     if (ob_pending(&F.out)) return 0;
     if (O.mode == MODE_NCHAN &&
-        (F.pub_outstanding >= PUB_PIPELINE || F.pub_delete_sent || (F.pub_sec_count >= MAX_PUB_PER_S && mono() - F.pub_sec_start < 1.0)))
+        (F.pub_outstanding >= O.pub_pipeline || F.pub_delete_sent || (F.pub_sec_count >= MAX_PUB_PER_S && mono() - F.pub_sec_start < 1.0)))
         return 0;
     if (O.mode == MODE_PROXY && (F.up_fd < 0 || !F.up_ready)) return 0;
     return 1;
@@ -1441,6 +1440,12 @@ static void output(void) {
             (unsigned long long)bad, (unsigned long long)badterm, (unsigned long long)empty,
             (unsigned long long)uneof, (unsigned long long)zerr);
     fprintf(o, "  \"wire_bytes_total\": %.0f,\n", w_wire_total);
+    double churn_payload = 0, churn_ubytes_max = 0;
+    for (int i = O.n; i < nconn; i++) {
+        churn_payload += C[i].payload;
+        if (C[i].payload > churn_ubytes_max) churn_ubytes_max = C[i].payload;
+    }
+    fprintf(o, "  \"churn_payload_bytes\": %.0f, \"churn_payload_max\": %.0f,\n", churn_payload, churn_ubytes_max);
     fprintf(o, "  \"statuses\": {");
     int first = 1;
     for (int s = 0; s < 600; s++)
@@ -1551,6 +1556,7 @@ int main(int argc, char **argv) {
     O.max_inflight = 256;
     O.churn_hold_ms = 500;
     O.pub_batches = 4;
+    O.pub_pipeline = 16;
     static struct option lo[] = {{"mode", 1, 0, 'm'},        {"target", 1, 0, 't'},       {"path", 1, 0, 'p'},
                                  {"gzip", 0, 0, 'g'},        {"n", 1, 0, 'n'},            {"sample", 1, 0, 's'},
                                  {"corpus", 1, 0, 'c'},      {"feed", 1, 0, 'f'},         {"rate", 1, 0, 'r'},
@@ -1561,7 +1567,7 @@ int main(int argc, char **argv) {
                                  {"end-pid", 1, 0, 'k'},     {"end-delete", 0, 0, 'x'},   {"watch", 1, 0, 'w'},
                                  {"retry-ms", 1, 0, 'y'},    {"churn", 1, 0, 'C'},        {"churn-hold-ms", 1, 0, 'h'},
                                  {"churn-ids", 1, 0, 'i'},   {"churn-path", 1, 0, 'j'},   {"out", 1, 0, 'o'},
-                                 {"max-inflight", 1, 0, 'M'}, {"connect-timeout", 1, 0, 'T'}, {"pub-batches", 1, 0, 'B'},
+                                 {"max-inflight", 1, 0, 'M'}, {"connect-timeout", 1, 0, 'T'}, {"pub-batches", 1, 0, 'B'}, {"pub-pipeline", 1, 0, 'K'},
                                  {0, 0, 0, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "n:", lo, NULL)) != -1) {
@@ -1607,6 +1613,7 @@ int main(int argc, char **argv) {
         case 'M': O.max_inflight = atoi(optarg); break;
         case 'T': O.connect_timeout = atof(optarg); break;
         case 'B': O.pub_batches = atoi(optarg); break;
+        case 'K': O.pub_pipeline = atoi(optarg); break;
         default: usage();
         }
     }

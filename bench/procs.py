@@ -56,7 +56,9 @@ def ensure_packages() -> None:
     log(f"installing Debian packages: {' '.join(APT_PACKAGES)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-q", *APT_PACKAGES], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", *APT_PACKAGES], check=True, env=env, stdout=subprocess.DEVNULL
+    )
 
 
 def build_loadgen(build: Path) -> Path:
@@ -184,13 +186,17 @@ def check_lsproxy_config(workdir: Path, storage: str) -> str:
     cfg = workdir / "check.toml"
     text = lsproxy_config(18080, 18081, storage)
     cfg.write_text(text)
-    res = subprocess.run([str(VENV_BIN / "lsproxy"), "check", "--config", str(cfg)], capture_output=True, text=True)
+    res = subprocess.run(
+        [str(VENV_BIN / "lsproxy"), "check", "--config", str(cfg)], capture_output=True, text=True
+    )
     if res.returncode == 0:
         return "ok"
     # an older parser without [storage]: drop the table
     stripped = re.sub(r"\[storage\]\n(?:[^\[\n].*\n)*", "", text)
     cfg.write_text(stripped)
-    res2 = subprocess.run([str(VENV_BIN / "lsproxy"), "check", "--config", str(cfg)], capture_output=True, text=True)
+    res2 = subprocess.run(
+        [str(VENV_BIN / "lsproxy"), "check", "--config", str(cfg)], capture_output=True, text=True
+    )
     if res2.returncode == 0:
         return "no-storage"
     raise RuntimeError(f"lsproxy check rejects the bench config: {res.stdout}{res.stderr}".strip())
@@ -212,7 +218,15 @@ class Lsproxy:
         (workdir / "lsproxy.toml").write_text(text)
         self.log = workdir / "lsproxy.log"
         self.proc = spawn(
-            ["taskset", "-c", SERVER_CPU, str(VENV_BIN / "lsproxy"), "run", "--config", str(workdir / "lsproxy.toml")],
+            [
+                "taskset",
+                "-c",
+                SERVER_CPU,
+                str(VENV_BIN / "lsproxy"),
+                "run",
+                "--config",
+                str(workdir / "lsproxy.toml"),
+            ],
             self.log,
             cwd=workdir,
         )
@@ -250,7 +264,7 @@ http {{
     scgi_temp_path {dir}/scgi;
     keepalive_requests 10000000;
     keepalive_timeout 300s;
-    nchan_shared_memory_size 512m;
+    nchan_shared_memory_size 2048m;    # its memstore reaps evicted messages lazily
     # raw HTTP streaming: each message followed by "\\r\\n" ("\\r" + Nchan's newline), so the
     # body is exactly the records, CRLF-separated, as Live Stream sends them
     server {{
@@ -260,7 +274,7 @@ http {{
         location = /pub {{
             nchan_publisher http;
             nchan_channel_id $arg_id;
-            nchan_message_buffer_length 2048;
+            nchan_message_buffer_length 256;   # > the feeder's lead (4,096 records = 64 messages)
             nchan_message_timeout 10m;
         }}
         location = /sub {{
@@ -334,9 +348,19 @@ class Simulator:
         self.log = workdir / "simulator.log"
         self.proc = spawn(
             [
-                "taskset", "-c", SERVER_CPU, str(VENV_BIN / "lsproxy"), "simulate", "--log-level", "warning",
-                "--listen", f"127.0.0.1:{self.port}", "--stream", f"{endpoint}:{rate:g}:benchsuite",
-                "--token", token,
+                "taskset",
+                "-c",
+                SERVER_CPU,
+                str(VENV_BIN / "lsproxy"),
+                "simulate",
+                "--log-level",
+                "warning",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--stream",
+                f"{endpoint}:{rate:g}:benchsuite",
+                "--token",
+                token,
             ],
             self.log,
         )
@@ -370,8 +394,9 @@ def run_loadgen(
 ) -> dict:
     """Run lsbench on core 1; ``on_event`` sees its EVENT lines as they happen."""
     argv = ["taskset", "-c", LOAD_CPU, str(exe), *args, "--out", str(out)]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            pass_fds=pass_fds)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, pass_fds=pass_fds
+    )
     _live[proc.pid] = proc
     lines: list[str] = []
 

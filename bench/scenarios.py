@@ -60,15 +60,30 @@ class Case:
 
     def lg_args(self, feeder: bool = True) -> list[str]:
         n = self.n
-        # saturation runs decode 4 consumers fully (the others: gzip trailer / exact byte count);
+        # saturation runs decode 2 consumers fully (the others: gzip trailer / exact byte count);
         # latency runs decode up to 20 (every decoded record is a latency sample)
-        sample = self.sample if self.sample is not None else min(n, 4 if self.feed == "replay" else 20)
+        sample = self.sample if self.sample is not None else min(n, 2 if self.feed == "replay" else 20)
         lead = self.lead if self.lead is not None else max(512, min(4096, 600_000 // max(n, 1)))
         settle = self.settle if self.settle is not None else 0.5 + n * 0.001
         args = [
-            "-n", str(n), "--sample", str(sample), "--warmup", f"{self.warmup:g}",
-            "--duration", f"{self.duration:g}", "--settle", f"{settle:g}", "--lead", str(lead),
-            "--max-inflight", "256", "--drain", "20", "--end-wait", "12",
+            "-n",
+            str(n),
+            "--sample",
+            str(sample),
+            "--warmup",
+            f"{self.warmup:g}",
+            "--duration",
+            f"{self.duration:g}",
+            "--settle",
+            f"{settle:g}",
+            "--lead",
+            str(lead),
+            "--max-inflight",
+            "256",
+            "--drain",
+            "20",
+            "--end-wait",
+            "12",
         ]
         if self.gzip:
             args.append("--gzip")
@@ -79,8 +94,14 @@ class Case:
         if feeder and self.feed_limit:
             args += ["--feed-limit", str(self.feed_limit)]
         if self.churn:
-            args += ["--churn", str(self.churn), "--churn-hold-ms", str(self.churn_hold_ms),
-                     "--churn-ids", str(self.churn_ids)]
+            args += [
+                "--churn",
+                str(self.churn),
+                "--churn-hold-ms",
+                str(self.churn_hold_ms),
+                "--churn-ids",
+                str(self.churn_ids),
+            ]
         if self.retry_ms:
             args += ["--retry-ms", str(self.retry_ms)]
         return args
@@ -115,23 +136,49 @@ def run_lsproxy(ctx: Ctx, case: Case) -> Run:
             st = px.status()
             extra["status"][name] = _status_summary(st, time.monotonic() - t)
 
-    args = ["--mode", "proxy", "--target", f"127.0.0.1:{px.port}", "--path", LSPROXY_PATH,
-            "--upstream-fd", str(px.listener.fileno()), "--watch", str(px.proc.pid),
-            "--end-pid", str(px.proc.pid), "--corpus", str(ctx.corpus), *case.lg_args()]
+    args = [
+        "--mode",
+        "proxy",
+        "--target",
+        f"127.0.0.1:{px.port}",
+        "--path",
+        LSPROXY_PATH,
+        "--upstream-fd",
+        str(px.listener.fileno()),
+        "--watch",
+        str(px.proc.pid),
+        "--end-pid",
+        str(px.proc.pid),
+        "--corpus",
+        str(ctx.corpus),
+        *case.lg_args(),
+    ]
     if case.churn:
         args += ["--churn-path", CHURN_PATH]
     try:
-        lg = procs.run_loadgen(ctx.exe, args, rd / "lsbench.json", case.timeout(),
-                               pass_fds=(px.listener.fileno(),), on_event=on_event, logfile=rd / "lsbench.log")
+        lg = procs.run_loadgen(
+            ctx.exe,
+            args,
+            rd / "lsbench.json",
+            case.timeout(),
+            pass_fds=(px.listener.fileno(),),
+            on_event=on_event,
+            logfile=rd / "lsbench.log",
+        )
         err = None
     except RuntimeError as exc:
         lg, err = {}, str(exc)
     finally:
         extra["exit_code"] = px.close()
-    extra["log_tail"] = [ln for ln in procs.tail(px.log, 200).splitlines() if "WARNING" in ln or "ERROR" in ln][-8:]
+    extra["log_tail"] = [
+        ln for ln in procs.tail(px.log, 200).splitlines() if "WARNING" in ln or "ERROR" in ln
+    ][-8:]
     if lg.get("error") or (extra["exit_code"] not in (0, None)):
-        err = (err or "") + f" {lg.get('error', '')}; lsproxy exit {extra['exit_code']}: " + " | ".join(
-            procs.tail(px.log, 6).splitlines())
+        err = (
+            (err or "")
+            + f" {lg.get('error', '')}; lsproxy exit {extra['exit_code']}: "
+            + " | ".join(procs.tail(px.log, 6).splitlines())
+        )
     _finish(ctx, rd)
     run = Run("lsproxy", case, lg, extra, error=err)
     run.metrics = derive(run)
@@ -160,9 +207,22 @@ def run_nchan(ctx: Ctx, case: Case) -> Run:
     rd = ctx.rundir(f"nchan-{case.name}")
     ng = procs.Nginx(rd)
     port = ng.gz_port if case.gzip else ng.raw_port
-    args = ["--mode", "nchan", "--target", f"127.0.0.1:{port}", "--path", "/sub?id=bench",
-            "--publish", f"127.0.0.1:{ng.raw_port}", "--pub-path", "/pub?id=bench", "--end-delete",
-            "--corpus", str(ctx.corpus), *case.lg_args()]
+    args = [
+        "--mode",
+        "nchan",
+        "--target",
+        f"127.0.0.1:{port}",
+        "--path",
+        "/sub?id=bench",
+        "--publish",
+        f"127.0.0.1:{ng.raw_port}",
+        "--pub-path",
+        "/pub?id=bench",
+        "--end-delete",
+        "--corpus",
+        str(ctx.corpus),
+        *case.lg_args(),
+    ]
     for pid in ng.pids:
         args += ["--watch", str(pid)]
     try:
@@ -184,9 +244,19 @@ def run_direct(ctx: Ctx, case: Case) -> Run:
     """The status quo: every consumer opens its own Live Stream connection (to the simulator)."""
     rd = ctx.rundir(f"direct-{case.name}")
     sim = procs.Simulator(rd, DIRECT_ENDPOINT, case.rate, DIRECT_TOKEN)
-    args = ["--mode", "direct", "--target", f"127.0.0.1:{sim.port}", "--path", f"/api/1/stream/{DIRECT_ENDPOINT}",
-            "--header", f"Authorization: Bearer {DIRECT_TOKEN}", "--watch", str(sim.proc.pid),
-            *case.lg_args(feeder=False)]
+    args = [
+        "--mode",
+        "direct",
+        "--target",
+        f"127.0.0.1:{sim.port}",
+        "--path",
+        f"/api/1/stream/{DIRECT_ENDPOINT}",
+        "--header",
+        f"Authorization: Bearer {DIRECT_TOKEN}",
+        "--watch",
+        str(sim.proc.pid),
+        *case.lg_args(feeder=False),
+    ]
     if "--gzip" not in args:
         args.append("--gzip")  # Live Stream requires it
     if case.churn:
@@ -200,7 +270,9 @@ def run_direct(ctx: Ctx, case: Case) -> Run:
     code = sim.close()
     extra = {
         "exit_code": code,
-        "sim": {k: stats.get(k) for k in ("attempts", "accepted", "statuses", "sent", "produced", "lingering")},
+        "sim": {
+            k: stats.get(k) for k in ("attempts", "accepted", "statuses", "sent", "produced", "lingering")
+        },
     }
     run = Run("direct", case, lg, extra, error=err)
     run.metrics = derive(run)

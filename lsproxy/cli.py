@@ -17,6 +17,7 @@ from lsproxy import __version__, simulator
 from lsproxy.app import Proxy
 from lsproxy.config import Config, load_config
 from lsproxy.errors import BindError, ConfigError
+from lsproxy.hub.store import StoreError
 from lsproxy.simulator import SimSettings
 
 log = logging.getLogger("lsproxy")
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with pid_file(_pid_path(config)):
             return trio.run(_serve_proxy, proxy, args.config, redact)
-    except* BindError as group:
+    except* (BindError, StoreError) as group:
         log.error("%s", _first_leaf(group))
     return 1
 
@@ -192,7 +193,7 @@ async def _reload_on_sighup(proxy: Proxy, config_path: str, redact: _RedactSecre
             redact.add(_secret_values(config))
             for warning in config.warnings:
                 log.warning("%s", warning)
-            changes = proxy.reload(config)
+            changes = await proxy.reload(config)
             for change in changes or ["nothing changed"]:
                 log.info("reload: %s", change)
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
+import tempfile
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -29,6 +31,7 @@ __all__ = ["ProxyUnderTest", "SimUnderTest", "StreamReader", "proxy_config", "ru
 class SimUnderTest:
     sim: Simulator
     port: int
+    storage_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="lsproxy-test-"))  # the proxy's
 
     def url(self, endpoint: str = "s1", version: int = 1) -> str:
         return f"http://127.0.0.1:{self.port}/api/{version}/stream/{endpoint}"
@@ -75,6 +78,9 @@ def proxy_config(
     lines = [
         "[server]",
         *(f"{k} = {v}" for k, v in server.items()),
+        "[storage]",
+        f'dir = "{sim.storage_dir}"',
+        "commit_interval = 0.2",
         extra,
         "[upstream]",
         *(f"{k} = {v}" for k, v in settings.items()),
@@ -121,6 +127,7 @@ async def running(
                 with trio.move_on_after(5):
                     await p.proxy.server.finished.wait()
             nursery.cancel_scope.cancel()
+    shutil.rmtree(s.storage_dir, ignore_errors=True)
 
 
 class StreamReader:

@@ -108,6 +108,20 @@ class CursorBook:
     def get(self, name: str) -> Cursor | None:
         return self._cursors.get(name)
 
+    def persistent(self) -> dict[str, tuple[int, int]]:
+        """Named cursors as (position, skipped) to persist. A connected cursor is saved at
+        its rewind point, so a proxy crash keeps the no-loss rule (see the module doc)."""
+        return {
+            c.name: (c.delivery.resume_offset() if c.delivery is not None else c.position, c.skipped)
+            for c in self._cursors.values()
+            if c.named
+        }
+
+    def restore(self, saved: dict[str, tuple[int, int]]) -> None:
+        """Named cursors persisted by an earlier run (before any connection)."""
+        for name, (position, skipped) in saved.items():
+            self._cursors.setdefault(name, Cursor(name, named=True, position=position, skipped=skipped))
+
     def attach(
         self,
         name: str | None,
@@ -116,8 +130,10 @@ class CursorBook:
         oldest: int,
         tail: int,
         window_bytes: int,
+        start_at: int | None = None,
     ) -> Lease:
-        """A connection starts. ``name`` None means an anonymous consumer."""
+        """A connection starts. ``name`` None means an anonymous consumer. ``start_at``
+        (a replay by time) overrides the cursor and ``reset``."""
         cursor = self._cursors.get(name) if name is not None else None
         took_over = cursor is not None and cursor.connected
         if cursor is None:
@@ -136,6 +152,8 @@ class CursorBook:
                 start = tail
             else:
                 start = min(cursor.position, tail)
+        if start_at is not None:
+            start = min(max(start_at, oldest), tail)
         if start < oldest:
             cursor.skipped += oldest - start
             start = oldest

@@ -56,6 +56,7 @@ class StreamLog(Protocol):
     async def read(self, offset: int, max_bytes: int) -> Slice: ...
     async def wait_beyond(self, offset: int) -> None: ...
     def close(self) -> None: ...
+    def offset_at(self, unix_time: float) -> int: ...
 
 
 class MemoryLog:
@@ -191,6 +192,11 @@ class MemoryLog:
         """Return once a record at ``offset`` or later exists, or the log is closed."""
         while self._next <= offset and not self._closed:
             await self._changed.wait()
+
+    def offset_at(self, unix_time: float) -> int:
+        """The first record received at or after ``unix_time`` (``next_offset`` if none)."""
+        i = bisect.bisect_left(self._segments, unix_time, lo=self._head, key=lambda seg: seg.received_at)
+        return self._segments[i].first if i < len(self._segments) else self._next
 
     def received_at(self, offset: int) -> float | None:
         """Arrival time of the segment holding ``offset`` (None if not retained)."""

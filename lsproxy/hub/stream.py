@@ -112,6 +112,7 @@ class StreamHub:
         reset: Reset | None,
         window_bytes: int,
         cancel_scope: trio.CancelScope,
+        start_at: int | None = None,
     ) -> Subscription:
         lease = self.book.attach(
             consumer,
@@ -119,6 +120,7 @@ class StreamHub:
             oldest=self.log.oldest,
             tail=self.log.next_offset,
             window_bytes=window_bytes,
+            start_at=start_at,
         )
         previous = self._scopes.get(lease.name)
         if previous is not None:
@@ -136,6 +138,8 @@ class StreamHub:
 
     def append(self, records: list[bytes], connection: int = 0) -> None:
         """An upstream connection delivers framed records (never blocks, never awaits)."""
+        if self.log.closed:
+            return  # shutting down or removed: a read that completed as its task was cancelled
         now = time.time()
         status = self.upstreams[connection]
         status.records += len(records)
@@ -185,6 +189,7 @@ class StreamHub:
                 "trimmed_records": self.log.trimmed_records,
             },
             "consumers": consumers,
+            **({"storage": status()} if (status := getattr(self.log, "status", None)) else {}),
             **self.info,
             **({"token": self.token_status()} if self.token_status is not None else {}),
         }

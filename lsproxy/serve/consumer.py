@@ -83,6 +83,7 @@ async def serve_stream(
         sub = hub.subscribe(
             request.consumer,
             reset=request.reset,
+            start_at=hub.log.offset_at(request.since) if request.since is not None else None,
             window_bytes=replay_window(http.stream, settings.replay_window_bytes),
             cancel_scope=scope,
         )

@@ -8,9 +8,11 @@ validates them, then dropped: the upstream request is the proxy's own.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -28,6 +30,7 @@ class StreamRequest:
     consumer: str | None  # named cursor, None for anonymous
     reset: Reset | None
     gzip: bool
+    since: float | None = None  # replay from the first record received at or after (unix time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,15 @@ class Router:
         reset = params.get("reset")
         if reset is not None and reset not in ("smallest", "largest"):
             return ErrorReply(400, "invalid_parameter", f"reset must be smallest or largest, got {reset!r}")
+        since = None
+        if "since" in params:
+            since = parse_since(params["since"])
+            if since is None:
+                return ErrorReply(
+                    400,
+                    "invalid_parameter",
+                    f"since must be unix seconds or an ISO-8601 time with a zone, got {params['since'][:64]!r}",
+                )
         consumer = params.get("consumer")
         accept_encoding = ""
         for header, raw in headers:
@@ -121,4 +133,22 @@ class Router:
                 "invalid_parameter",
                 "consumer id must be 1-128 characters of letters, digits and . _ : @ -",
             )
-        return StreamRequest(stream, consumer, cast(Reset | None, reset), accepts_gzip(accept_encoding))
+        return StreamRequest(
+            stream, consumer, cast(Reset | None, reset), accepts_gzip(accept_encoding), since
+        )
+
+
+def parse_since(value: str) -> float | None:
+    """Unix seconds (``1700000000``, ``1700000000.5``) or ISO-8601 with a zone
+    (``2026-11-26T18:00:00Z``, ``...+01:00``); None when it is neither."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            return None  # a local time would depend on the proxy's zone: refuse it
+        return moment.timestamp()
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

@@ -76,7 +76,12 @@ class HttpConnection:
                     elif isinstance(event, h11.Data):
                         body += event.data
                         if len(body) > MAX_BODY:
-                            await self.send_error(Refusal(413, "payload_too_large", "request body too large"))
+                            await self.send_error(
+                                Refusal(413, "payload_too_large", "request body too large"),
+                                headers=[
+                                    ("connection", "close")
+                                ],  # we stop reading: the client must not reuse it
+                            )
                             return None
                     elif isinstance(event, h11.EndOfMessage):
                         return dataclasses.replace(req, body=bytes(body)) if req and body else req

@@ -92,12 +92,17 @@ async def stream_once(
         token = await tokens.get()
     except CredentialsError as exc:
         return classify_end("credentials", str(exc), stream=stream.name, streamed=False)
+    params = upstream_params(settings)
+    if stream.initial_reset is not None and hub.log.next_offset == 0:
+        # Only for a stream that has no stored position at all; afterwards Live Stream
+        # resumes (and backfills) from where this proxy left off.
+        params["reset"] = stream.initial_reset
     request = build_request(
         stream.url,
         token=token.reveal(),
         api_key=tokens.api_key.reveal() if tokens.api_key else None,
         max_connections=settings.connections,
-        params=upstream_params(settings),
+        params=params,
     )
     head_deadline = settings.connect_timeout if settings.connect_timeout > 0 else math.inf
     timeout = httpx.Timeout(

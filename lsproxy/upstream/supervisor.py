@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from lsproxy.config import UpstreamSettings
+from lsproxy.hub.journal import UpstreamJournal
 from lsproxy.hub.stream import UpstreamStatus
 from lsproxy.upstream.backoff import Failure, ReconnectPolicy
 from lsproxy.upstream.outcome import Outcome, classify_end
@@ -34,10 +35,12 @@ async def supervise(
     attempt: Attempt,
     *,
     not_before: float | None = None,
+    journal: UpstreamJournal | None = None,
     rng: random.Random | None = None,
 ) -> None:
     """Run one upstream connection of stream ``name`` forever, publishing into ``status``.
-    ``not_before`` (trio clock) holds the first attempt back, for a loss this loop did not see."""
+    ``not_before`` (trio clock) holds the first attempt back, for a loss this loop did not see;
+    ``journal`` records attempts and ends durably, for the rule across restarts."""
     policy = ReconnectPolicy(
         base=settings.reconnect_delay,
         ceiling=settings.max_reconnect_delay,
@@ -52,7 +55,7 @@ async def supervise(
         status.state = "streaming"
         status.connects += 1
         status.connected_since = time.time()
-        log.info("%s: upstream connected, streaming", name)
+        log.info("stream %s: upstream connected, streaming", name)
 
     try:
         while True:
@@ -60,16 +63,18 @@ async def supervise(
             wait = not_before - trio.current_time()
             if wait > 0:
                 status.next_attempt_at = time.time() + wait
-                log.info("%s: next upstream attempt in %.1f s", name, wait)
+                log.info("stream %s: next upstream attempt in %.1f s", name, wait)
                 await trio.sleep_until(not_before)
             status.state = "connecting"
             status.next_attempt_at = None
+            if journal is not None:
+                await journal.attempt_starting()
             status.attempts += 1
             policy.on_attempt(trio.current_time())
             try:
                 outcome = await attempt(connected)
             except Exception as exc:
-                log.exception("%s: upstream attempt failed unexpectedly", name)
+                log.exception("stream %s: upstream attempt failed unexpectedly", name)
                 outcome = classify_end(
                     "network",
                     f"internal error: {type(exc).__name__}",
@@ -77,6 +82,8 @@ async def supervise(
                     streamed=status.state == "streaming",
                 )
             policy.on_ended(trio.current_time(), outcome.failure)
+            if journal is not None:
+                journal.ended()
             status.connected_since = None
             status.state = "failed" if outcome.failure is Failure.CONFIG else "backoff"
             status.last_error = {

@@ -62,7 +62,7 @@ async def test_reload_adds_removes_and_changes_streams_leaving_the_others_untouc
             path="new.toml",
             environ={},
         )
-        changes = proxy.proxy.reload(new)
+        changes = await proxy.proxy.reload(new)
         assert "stream drop: removed" in changes and "stream added: added" in changes
         assert any(c.startswith("stream change: upstream settings changed") for c in changes)
         assert not any(c.startswith("stream keep") for c in changes)
@@ -96,6 +96,8 @@ def _to_toml(sim, streams: dict[str, dict[str, str]]) -> str:  # type: ignore[no
         "request_timeout = 1",
         "write_timeout = 2",
         "shutdown_grace = 1",
+        "[storage]",
+        f'dir = "{sim.storage_dir}"',
         "[upstream]",
         "reconnect_delay = 0.3",
         "max_reconnect_delay = 2.0",

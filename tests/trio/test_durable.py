@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from lsproxy.hub.durable import DurableLog
+from lsproxy.hub.segment import Segment
 from lsproxy.hub.store import Connect, connect_sqlite
 
 
@@ -100,6 +101,8 @@ async def test_reads_behind_the_memory_tail_come_from_disk(tmp_path: Path, max_b
     for start in (0, 1, 77, end - 40):
         got, first, skipped = await read_all(log, start, max_bytes)
         assert (got, first, skipped) == (records(start, end - start), start, 0)
+    batch = await log.read(0, max_bytes)
+    assert isinstance(batch.pieces[0], Segment)  # a whole row: shareable, like MemoryLog's segments
     batch = await log.read(5, max_bytes)
     assert batch.start == 5 and (len(batch.data) <= max(max_bytes, 100) or batch.count == 1)
     await log.aclose()
@@ -262,6 +265,7 @@ async def test_an_unreadable_row_reads_as_a_skip(tmp_path: Path) -> None:
 CHILD = """
 import sys, time, trio
 from lsproxy.hub.durable import DurableLog
+from lsproxy.hub.segment import Segment
 def records(first, count):
     return [b'{"n":%d}' % i for i in range(first, first + count)]
 async def main(path):

@@ -97,3 +97,24 @@ def test_anonymous_cursors_vanish_on_detach() -> None:
     book.detach(a)
     book.detach(b)
     assert len(book) == 0
+
+
+def test_persistent_snapshot_uses_the_rewind_point_and_restores() -> None:
+    book = CursorBook()
+    lease = book.attach("a", reset=None, oldest=0, tail=10, window_bytes=100)
+    book.sent(lease, 20, 150)
+    book.sent(lease, 30, 150)
+    anon = book.attach(None, reset=None, oldest=0, tail=30, window_bytes=0)
+    assert book.persistent() == {"a": (20, 0)}  # connected: its rewind point, not 30
+    book.detach(anon)
+    restored = CursorBook()
+    restored.restore(book.persistent())
+    again = restored.attach("a", reset=None, oldest=0, tail=99, window_bytes=0)
+    assert again.start == 20 and not again.took_over
+
+
+def test_start_at_overrides_cursor_and_is_clamped() -> None:
+    book = CursorBook()
+    assert book.attach("a", reset="largest", oldest=5, tail=50, window_bytes=0, start_at=12).start == 12
+    assert book.attach("b", reset=None, oldest=5, tail=50, window_bytes=0, start_at=1).start == 5
+    assert book.attach("c", reset=None, oldest=5, tail=50, window_bytes=0, start_at=99).start == 50

@@ -103,3 +103,10 @@ async def test_wait_beyond_wakes_on_append_and_close() -> None:
     assert woke == [1, -1]
     with pytest.raises(RuntimeError):
         log.append(records(1, 1), 1.0)
+
+
+def test_offset_at_finds_the_first_record_received_at_or_after() -> None:
+    log = MemoryLog(1 << 20)
+    for i, t in enumerate([10.0, 20.0, 20.0, 30.0]):
+        log.append(records(i * 2, 2), t)
+    assert [log.offset_at(t) for t in (0, 10, 15, 20, 25, 30, 31)] == [0, 0, 2, 2, 6, 6, 8]

@@ -79,3 +79,25 @@ def test_endpoints() -> None:
 )
 def test_accepts_gzip(header: str, expected: bool) -> None:
     assert accepts_gzip(header) is expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1700000000", 1700000000.0),
+        ("1700000000.25", 1700000000.25),
+        ("2023-11-14T22:13:20Z", 1700000000.0),
+        ("2023-11-14T23:13:20+01:00", 1700000000.0),
+        ("2023-11-14T22:13:20", None),
+        ("yesterday", None),
+        ("-5", None),
+        ("nan", None),
+        ("inf", None),
+    ],
+)
+def test_since_parameter(value: str, expected: float | None) -> None:
+    got = route(f"/api/1/stream/prod?consumer=c&since={value.replace('+', '%2B')}")
+    if expected is None:
+        assert isinstance(got, ErrorReply) and got.status == 400 and "since" in got.description
+    else:
+        assert isinstance(got, StreamRequest) and got.since == expected
