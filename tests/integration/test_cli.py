@@ -255,3 +255,26 @@ token = "reload-secret-token"
             if p is not None and p.poll() is None:
                 p.kill()
                 p.communicate()
+
+
+def test_a_second_proxy_on_the_same_storage_refuses_to_start(tmp_path: Path) -> None:
+    config = tmp_path / "p.toml"
+
+    def write(port: int) -> None:
+        config.write_text(
+            f'[server]\nlisten = "127.0.0.1:{port}"\n[credentials.c]\ntoken = "second-proxy-token"\n'
+            '[streams.s]\nurl = "http://127.0.0.1:9/api/1/stream/s"\n'
+        )
+
+    first_port = free_port()
+    write(first_port)
+    first = subprocess.Popen([sys.executable, "-m", "lsproxy", "run", "--config", str(config)], stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{first_port}/healthz").status_code == 200)
+        write(free_port())  # another port, same storage dir (data/ next to the config)
+        result = lsproxy("run", "--config", str(config))
+        assert result.returncode == 1
+        assert "in use by another lsproxy" in result.stderr and f"pid {first.pid}" in result.stderr
+    finally:
+        first.kill()
+        first.communicate()
