@@ -32,9 +32,9 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from lsproxy.hub.durable_index import RowIndex, SegmentRun, slice_segments
+from lsproxy.hub.durable_index import RowIndex
 from lsproxy.hub.durable_writer import DurableWriter
-from lsproxy.hub.segment import Segment, Slice, make_segment
+from lsproxy.hub.segment import Segment, SegmentRun, Slice, make_segment, slice_segments
 from lsproxy.hub.store import (
     Connect,
     Loaded,

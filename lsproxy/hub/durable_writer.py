@@ -38,8 +38,8 @@ from collections.abc import Callable, Mapping
 
 import trio
 
-from lsproxy.hub.durable_index import RowIndex, SegmentRun
-from lsproxy.hub.segment import Segment
+from lsproxy.hub.durable_index import RowIndex
+from lsproxy.hub.segment import Segment, SegmentRun
 from lsproxy.hub.store import Commit, Committed, Loaded, Store, describe_error
 
 log = logging.getLogger("lsproxy.store")

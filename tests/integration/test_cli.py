@@ -268,7 +268,9 @@ def test_a_second_proxy_on_the_same_storage_refuses_to_start(tmp_path: Path) -> 
 
     first_port = free_port()
     write(first_port)
-    first = subprocess.Popen([sys.executable, "-m", "lsproxy", "run", "--config", str(config)], stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "lsproxy", "run", "--config", str(config)], stderr=subprocess.PIPE
+    )
     try:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{first_port}/healthz").status_code == 200)
         write(free_port())  # another port, same storage dir (data/ next to the config)
