@@ -28,10 +28,15 @@ from collections.abc import Iterable, Sequence
 
 _HIGH = re.compile(rb'"hitIdHigh"\s*:\s*(\d+)')
 _LOW = re.compile(rb'"hitIdLow"\s*:\s*(\d+)')
+# Live Stream writes the two ids side by side: one search instead of two, usually.
+_PAIR = re.compile(rb'"hitIdHigh":(\d+),"hitIdLow":(\d+)')
 
 
 def hit_id(record: bytes) -> bytes | None:
     """``b"<high>:<low>"`` for a record carrying both ids, else None."""
+    pair = _PAIR.search(record)
+    if pair is not None:
+        return pair.group(1) + b":" + pair.group(2)
     high = _HIGH.search(record)
     if high is None:
         return None

@@ -16,6 +16,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 import bisect
+from itertools import accumulate
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -54,11 +55,7 @@ class Segment:
 
 
 def make_segment(first: int, records: Sequence[bytes], received_at: float) -> Segment:
-    ends = []
-    pos = 0
-    for record in records:
-        pos += len(record) + 2
-        ends.append(pos)
+    ends = list(accumulate(map(len, records), lambda total, size: total + size + 2, initial=0))[1:]
     return Segment(first, CRLF.join(records) + CRLF, ends, received_at)
 
 
