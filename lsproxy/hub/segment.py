@@ -16,9 +16,9 @@ Pure: no I/O.
 from __future__ import annotations
 
 import bisect
-from itertools import accumulate
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 from lsproxy import deflate
 
