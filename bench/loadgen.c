@@ -39,6 +39,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -215,6 +216,7 @@ static struct {
     const char *out;
     int max_inflight;
     int pub_batches, pub_pipeline;
+    double tick_ms;
 } O;
 static char run_error[256];
 
@@ -479,7 +481,9 @@ static void feed_step(void) {
             if (F.next_batch == 0) F.members_sent++;
             flush_transport();
         } else { /* live */
-            uint64_t due = (uint64_t)((now - F.feed_t) * O.rate);
+            /* records are written on fixed ticks (--tick-ms): at 2,000/s and 1 ms, 2 per chunk */
+            double tick = O.tick_ms / 1000.0;
+            uint64_t due = (uint64_t)(floor((now - F.feed_t) / tick) * tick * O.rate + 1e-9);
             if (O.feed_limit && due > O.feed_limit) due = O.feed_limit;
             if (due <= F.sent_records) break;
             uint64_t k = due - F.sent_records;
@@ -1162,7 +1166,7 @@ static void conn_readable(conn_t *c) {
 /* ------------------------------------------------------------------ watch */
 
 typedef struct {
-    long long ticks;
+    long long ticks, uticks, sticks;
     long rss_kb, hwm_kb;
 } pstat_t;
 
@@ -1181,7 +1185,7 @@ static int proc_alive(int pid) {
 }
 
 static pstat_t read_pid(int pid) {
-    pstat_t s = {-1, -1, -1};
+    pstat_t s = {-1, -1, -1, -1, -1};
     char path[64], buf[4096];
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
     FILE *f = fopen(path, "r");
@@ -1203,6 +1207,8 @@ static pstat_t read_pid(int pid) {
                     tok = strtok(NULL, " ");
                 }
                 s.ticks = ut + st;
+                s.uticks = ut;
+                s.sticks = st;
             }
         }
         fclose(f);
@@ -1501,8 +1507,11 @@ static void output(void) {
     for (int w = 0; w < O.nwatch; w++) {
         fprintf(o, "%s\n  {\"pid\": %d", w ? "," : "", O.watch[w]);
         for (int s = 0; s < SN_COUNT; s++)
-            fprintf(o, ", \"%s\": {\"ticks\": %lld, \"rss_kb\": %ld, \"hwm_kb\": %ld, \"t\": %.4f}", snap_names[s],
-                    snaps[w][s].ticks, snaps[w][s].rss_kb, snaps[w][s].hwm_kb,
+            fprintf(o,
+                    ", \"%s\": {\"ticks\": %lld, \"uticks\": %lld, \"sticks\": %lld, \"rss_kb\": %ld, "
+                    "\"hwm_kb\": %ld, \"t\": %.4f}",
+                    snap_names[s], snaps[w][s].ticks, snaps[w][s].uticks, snaps[w][s].sticks, snaps[w][s].rss_kb,
+                    snaps[w][s].hwm_kb,
                     snap_time[s] ? snap_time[s] - G.t_start : -1.0);
         fprintf(o, "}");
     }
@@ -1557,6 +1566,7 @@ int main(int argc, char **argv) {
     O.churn_hold_ms = 500;
     O.pub_batches = 4;
     O.pub_pipeline = 16;
+    O.tick_ms = 1.0;
     static struct option lo[] = {{"mode", 1, 0, 'm'},        {"target", 1, 0, 't'},       {"path", 1, 0, 'p'},
                                  {"gzip", 0, 0, 'g'},        {"n", 1, 0, 'n'},            {"sample", 1, 0, 's'},
                                  {"corpus", 1, 0, 'c'},      {"feed", 1, 0, 'f'},         {"rate", 1, 0, 'r'},
@@ -1567,7 +1577,7 @@ int main(int argc, char **argv) {
                                  {"end-pid", 1, 0, 'k'},     {"end-delete", 0, 0, 'x'},   {"watch", 1, 0, 'w'},
                                  {"retry-ms", 1, 0, 'y'},    {"churn", 1, 0, 'C'},        {"churn-hold-ms", 1, 0, 'h'},
                                  {"churn-ids", 1, 0, 'i'},   {"churn-path", 1, 0, 'j'},   {"out", 1, 0, 'o'},
-                                 {"max-inflight", 1, 0, 'M'}, {"connect-timeout", 1, 0, 'T'}, {"pub-batches", 1, 0, 'B'}, {"pub-pipeline", 1, 0, 'K'},
+                                 {"max-inflight", 1, 0, 'M'}, {"connect-timeout", 1, 0, 'T'}, {"pub-batches", 1, 0, 'B'}, {"pub-pipeline", 1, 0, 'K'}, {"tick-ms", 1, 0, 'Z'},
                                  {0, 0, 0, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "n:", lo, NULL)) != -1) {
@@ -1614,6 +1624,7 @@ int main(int argc, char **argv) {
         case 'T': O.connect_timeout = atof(optarg); break;
         case 'B': O.pub_batches = atoi(optarg); break;
         case 'K': O.pub_pipeline = atoi(optarg); break;
+        case 'Z': O.tick_ms = atof(optarg); break;
         default: usage();
         }
     }

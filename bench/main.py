@@ -72,9 +72,9 @@ def plan(quick: bool) -> list[tuple[str, Case]]:
                 idle_n,
                 True,
                 "live",
-                rate=200,
-                feed_limit=200,
-                warmup=2.0,
+                rate=20,
+                feed_limit=20,
+                warmup=3.0,
                 duration=2.0 if quick else 3.0,
                 sample=min(idle_n, 10),
             ),
@@ -147,6 +147,8 @@ def _fmt(v: Any, kind: str = "n") -> str:
         return f"{v:.2f}"
     if kind == "f1":
         return f"{v:.1f}"
+    if isinstance(v, int) or (kind == "n" and float(v).is_integer() and abs(v) < 1e15):
+        return f"{int(v):,}"
     if abs(v) >= 100:
         return f"{v:,.0f}"
     if abs(v) >= 10:
@@ -245,6 +247,13 @@ class Table:
         return "\n".join(out)
 
 
+def _cpu(t: Table, system: str, name: str) -> str:
+    cpu, sys_ = t.m(system, name, "server_cpu_pct"), t.m(system, name, "server_sys_pct")
+    if cpu is None:
+        return "-"
+    return f"{cpu:.0f}% ({sys_:.0f}%)" if sys_ is not None else f"{cpu:.0f}%"
+
+
 def build_table(runs: list[Run], quick: bool) -> Table:
     t = Table(runs)
     # ingest
@@ -257,7 +266,7 @@ def build_table(runs: list[Run], quick: bool) -> Table:
         "-",
         None,
         ">= 80,000",
-        note=f"proxy CPU {_fmt(t.m('lsproxy', name, 'server_cpu_pct'))}%",
+        note=f"CPU (sys) lsproxy {_cpu(t, 'lsproxy', name)}",
     )
     name = "fanout-identity-1"
     t.row(
@@ -267,7 +276,7 @@ def build_table(runs: list[Run], quick: bool) -> Table:
         "nchan",
         t.m("nchan", name, "ingest_rps"),
         ">= 80,000",
-        note=f"proxy CPU {_fmt(t.m('lsproxy', name, 'server_cpu_pct'))}%",
+        note=f"CPU (sys) lsproxy {_cpu(t, 'lsproxy', name)}",
     )
     # fan-out
     fan_ns = (1, 10) if quick else (1, 10, 100, 1000)
@@ -297,8 +306,7 @@ def build_table(runs: list[Run], quick: bool) -> Table:
                 t.m("nchan", name, "cpu_s_per_GB"),
                 tgt_cpu,
                 kind="f2",
-                note=f"proxy CPU {_fmt(t.m('lsproxy', name, 'server_cpu_pct'))}% / "
-                f"{_fmt(t.m('nchan', name, 'server_cpu_pct'))}%",
+                note=f"CPU (sys) lsproxy {_cpu(t, 'lsproxy', name)}, nchan {_cpu(t, 'nchan', name)}",
             )
             t.row(
                 "",
@@ -327,6 +335,7 @@ def build_table(runs: list[Run], quick: bool) -> Table:
 
         tgt = "p99 <= 10 ms" if (n == 100 and ((gz and rate == 200) or (not gz and rate == 2000))) else ""
         note = " ".join(x for x in (_note(t.get("lsproxy", name)), _note(t.get("nchan", name))) if x)
+        note += f"; CPU lsproxy {_cpu(t, 'lsproxy', name)}, nchan {_cpu(t, 'nchan', name)}"
         t.row(
             f"latency {enc} N={n} @{rate:,}/s",
             "write->read ms p50 / p99 / max",

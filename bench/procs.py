@@ -66,7 +66,7 @@ def build_loadgen(build: Path) -> Path:
     exe = build / "lsbench"
     if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
         build.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(exe), str(src), "-lz"], check=True)
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(exe), str(src), "-lz", "-lm"], check=True)
     return exe
 
 

@@ -289,10 +289,12 @@ def derive(run: Run) -> dict[str, Any]:
     w = cons["window"]
     clk = lg.get("clk_tck", 100)
     cpu = 0.0
+    sys_cpu = 0.0
     rss_t1 = rss_pre = rss_conn = 0
     for p in lg["watch"]:
         if p["t1"]["ticks"] >= 0 and p["t0"]["ticks"] >= 0:
             cpu += (p["t1"]["ticks"] - p["t0"]["ticks"]) / clk
+            sys_cpu += (p["t1"].get("sticks", 0) - p["t0"].get("sticks", 0)) / clk
         rss_t1 += max(p["t1"]["rss_kb"], 0)
         rss_pre += max(p["pre_connect"]["rss_kb"], 0)
         rss_conn += max(p["connected"]["rss_kb"], 0)
@@ -309,6 +311,7 @@ def derive(run: Run) -> dict[str, Any]:
         "ingest_rps": lg["feeder"]["records_window"] / win,
         "server_cpu_s": cpu,
         "server_cpu_pct": 100 * cpu / win,
+        "server_sys_pct": 100 * sys_cpu / win,
         "cpu_s_per_GB": cpu / (ubytes / 1e9) if ubytes > 0 else None,
         "rss_MB": rss_t1 / 1024,
         "rss_pre_MB": rss_pre / 1024,
