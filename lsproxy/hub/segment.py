@@ -79,33 +79,26 @@ class Slice:
 
 
 def slice_segments(segs: Sequence[Segment], i: int, offset: int, max_bytes: int) -> Slice:
-    """Records from ``offset`` (or from ``segs[i].first`` if later) on, at most ``max_bytes``:
-    ``MemoryLog.read_nowait``'s rule (whole segments as shareable pieces, a whole segment
-    read from its start uncut, at least one record), stopping at a gap."""
+    """Records from ``offset`` (or from ``segs[i].first`` if later) on: whole segments
+    (the rest of the first one when ``offset`` is inside it) until ``max_bytes`` is
+    reached or passed, stopping at a gap.
+
+    Never cut inside a segment: a reader that stopped mid-segment would start its
+    next batch mid-segment too, and could not share that segment's compression
+    (serve/encoding.py). A segment is one upstream read, so the overshoot is bounded."""
     start = max(offset, segs[i].first)
     pieces: list[Segment | bytes] = []
     size = 0
     end = start
-    while i < len(segs):
+    while i < len(segs) and size < max_bytes:
         seg = segs[i]
         if seg.first > end:
             break  # a gap: stop here, the next read reports the skip
         from_byte = seg.byte_start(end)
-        room = max_bytes - size
-        if len(seg.data) - from_byte <= room or (not pieces and from_byte == 0):
-            pieces.append(seg if from_byte == 0 else seg.data[from_byte:])
-            size += len(seg.data) - from_byte
-            end = seg.end
-            i += 1
-            continue
-        k = bisect.bisect_right(seg.ends, from_byte + room) - 1
-        first_index = end - seg.first
-        if k < first_index and not pieces:
-            k = first_index  # always at least one record
-        if k >= first_index:
-            pieces.append(seg.data[from_byte : seg.ends[k]])
-            end = seg.first + k + 1
-        break
+        pieces.append(seg if from_byte == 0 else seg.data[from_byte:])
+        size += len(seg.data) - from_byte
+        end = seg.end
+        i += 1
     return Slice(start, end, tuple(pieces))
 
 

@@ -93,7 +93,7 @@ async def serve_stream(
                 nursery.start_soon(_watch_for_departure, http, nursery.cancel_scope)
                 try:
                     # The head goes out with the first bytes of the body.
-                    head = http.start_body(200, headers) + http.body_chunk(encoder.start())
+                    head = http.start_body(200, headers) + http.body_chunk([encoder.start()])
                     await _pump(http, hub, sub, encoder, settings, head)
                 except ConnectionBroken as exc:
                     log.info("stream %s: consumer %s: %s", hub.name, sub.name, exc)
@@ -115,33 +115,45 @@ async def _pump(
 ) -> None:
     offset = sub.start
     heartbeat = settings.heartbeat_interval if settings.heartbeat_interval > 0 else math.inf
-    while True:
-        batch = await hub.log.read(offset, BATCH_BYTES)
-        if batch.start > offset:
-            sub.skipped(batch.start - offset)
-            offset = batch.start
-        if batch.count:
-            wire = pending + http.body_chunk(enc.encode(batch))
-            pending = b""
-            await http.send(wire, settings.write_timeout)
-            offset = batch.end
+    # One long-lived scope whose deadline is armed around each write: much cheaper
+    # than a fail_after per batch, and a consumer that accepts nothing for
+    # write_timeout is cut all the same (its cursor keeps the position).
+    with trio.CancelScope() as write_guard:
+
+        async def send(wire: bytes) -> None:
+            write_guard.deadline = trio.current_time() + settings.write_timeout
+            await http.send(wire)
+            write_guard.deadline = math.inf
+
+        while True:
+            batch = await hub.log.read(offset, BATCH_BYTES)
+            if batch.start > offset:
+                sub.skipped(batch.start - offset)
+                offset = batch.start
+            if batch.count:
+                wire = http.body_chunk(enc.encode(batch), pending)
+                pending = b""
+                await send(wire)
+                offset = batch.end
+                if not sub.sent(offset, len(wire)):
+                    return
+                continue
+            if hub.log.closed:
+                await send(http.body_chunk([enc.finish()], pending) + http.END_BODY)
+                return
+            if pending:
+                await send(pending)
+                pending = b""
+            with trio.move_on_after(heartbeat):
+                await hub.log.wait_beyond(offset)
+                continue
+            # Heartbeat: an empty record. Its bytes count for the rewind rule like any others.
+            wire = http.body_chunk([enc.heartbeat()])
+            await send(wire)
             if not sub.sent(offset, len(wire)):
                 return
-            continue
-        if hub.log.closed:
-            await http.send(pending + http.body_chunk(enc.finish()) + http.end_body(), settings.write_timeout)
-            return
-        if pending:
-            await http.send(pending, settings.write_timeout)
-            pending = b""
-        with trio.move_on_after(heartbeat):
-            await hub.log.wait_beyond(offset)
-            continue
-        # Heartbeat: an empty record. Its bytes count for the rewind rule like any others.
-        wire = http.body_chunk(enc.heartbeat())
-        await http.send(wire, settings.write_timeout)
-        if not sub.sent(offset, len(wire)):
-            return
+    if write_guard.cancelled_caught:
+        raise ConnectionBroken(f"consumer accepted no data for {settings.write_timeout:g} s")
 
 
 async def _watch_for_departure(http: HttpConnection, response_scope: trio.CancelScope) -> None:

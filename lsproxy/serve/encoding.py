@@ -38,7 +38,8 @@ class Encoder(Protocol):
     def start(self) -> bytes:
         """Bytes that open the body (sent with the first batch)."""
 
-    def encode(self, batch: Slice) -> bytes: ...
+    def encode(self, batch: Slice) -> list[bytes]:
+        """The batch's encoded bytes, in parts (the caller joins them with its framing)."""
 
     def heartbeat(self) -> bytes: ...
 
@@ -52,8 +53,8 @@ class IdentityEncoder:
     def start(self) -> bytes:
         return b""
 
-    def encode(self, batch: Slice) -> bytes:
-        return batch.data
+    def encode(self, batch: Slice) -> list[bytes]:
+        return [p.data if isinstance(p, Segment) else p for p in batch.pieces]
 
     def heartbeat(self) -> bytes:
         return HEARTBEAT
@@ -75,7 +76,7 @@ class SharedGzipEncoder:
     def start(self) -> bytes:
         return deflate.GZIP_HEADER
 
-    def encode(self, batch: Slice) -> bytes:
+    def encode(self, batch: Slice) -> list[bytes]:
         blocks = []
         crc, size = self.crc, self.size
         for piece in batch.pieces:
@@ -88,7 +89,7 @@ class SharedGzipEncoder:
             crc = deflate.crc32_combine(crc, piece_crc, piece_len)
             size += piece_len
         self.crc, self.size = crc, size
-        return blocks[0] if len(blocks) == 1 else b"".join(blocks)
+        return blocks
 
     def heartbeat(self) -> bytes:
         self.crc = deflate.crc32_combine(self.crc, _HEARTBEAT_CRC, len(HEARTBEAT))
