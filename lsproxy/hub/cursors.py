@@ -34,10 +34,13 @@ from typing import Literal
 Reset = Literal["smallest", "largest"]
 
 
+MARKS_PER_WINDOW = 32  # resume-point resolution: a few % of the window, bounded memory
+
+
 class Delivery:
     """One connection's progress, in records and wire bytes, for the rewind rule."""
 
-    __slots__ = ("_marks", "position", "start", "window_bytes", "wire_bytes")
+    __slots__ = ("_granule", "_marks", "position", "start", "window_bytes", "wire_bytes")
 
     def __init__(self, start: int, window_bytes: int) -> None:
         self.start = start
@@ -45,7 +48,11 @@ class Delivery:
         self.window_bytes = window_bytes
         self.wire_bytes = 0
         # (wire bytes handed over after the batch, offset after the batch); the
-        # leftmost mark is always the best resume point known so far.
+        # leftmost mark is always the best resume point known so far. Marks closer
+        # than a granule are merged into the newer one (a true but later point: the
+        # resume point can only move back, never past a record in flight), so a
+        # consumer holds at most ~MARKS_PER_WINDOW marks whatever its batch sizes.
+        self._granule = max(1, window_bytes // MARKS_PER_WINDOW)
         self._marks: deque[tuple[int, int]] = deque([(0, start)])
 
     def sent(self, end_offset: int, wire_bytes: int) -> None:
@@ -53,7 +60,11 @@ class Delivery:
         self.wire_bytes += wire_bytes
         if end_offset != self.position:
             self.position = end_offset
-            self._marks.append((self.wire_bytes, end_offset))
+            marks = self._marks
+            if len(marks) > 1 and self.wire_bytes - marks[-2][0] < self._granule:
+                marks[-1] = (self.wire_bytes, end_offset)
+            else:
+                marks.append((self.wire_bytes, end_offset))
         horizon = self.wire_bytes - self.window_bytes
         while len(self._marks) > 1 and self._marks[1][0] <= horizon:
             self._marks.popleft()

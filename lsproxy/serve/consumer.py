@@ -131,11 +131,13 @@ async def _pump(
                 sub.skipped(batch.start - offset)
                 offset = batch.start
             if batch.count:
-                wire = http.body_chunk(enc.encode(batch), pending)
+                parts = http.chunk_parts(enc.encode(batch), pending)
                 pending = b""
-                await send(wire)
+                write_guard.deadline = trio.current_time() + settings.write_timeout
+                await http.send_parts(parts)
+                write_guard.deadline = math.inf
                 offset = batch.end
-                if not sub.sent(offset, len(wire)):
+                if not sub.sent(offset, sum(map(len, parts))):
                     return
                 continue
             if hub.log.closed:

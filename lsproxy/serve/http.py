@@ -24,6 +24,7 @@ from lsproxy import __version__
 from lsproxy.serve.routes import ErrorReply
 
 MAX_REQUEST_HEAD = 16 * 1024
+_IOV_MAX = 1024  # buffers per sendmsg (Linux's UIO_MAXIOV)
 READ_SIZE = 16 * 1024
 SERVER_HEADER = f"lsproxy/{__version__}".encode()
 
@@ -108,6 +109,30 @@ class HttpConnection:
                 raise ConnectionBroken("consumer went away") from None
             raise
 
+    async def send_parts(self, parts: Sequence[bytes]) -> None:
+        """Like ``send(b"".join(parts))`` without the join: one ``sendmsg`` gathers the
+        parts (shared segment buffers) straight from where they are."""
+        stream = self.stream
+        if not isinstance(stream, trio.SocketStream):
+            await self.send(b"".join(parts))
+            return
+        if self._broken:
+            raise ConnectionBroken("connection already broken")
+        views = [memoryview(p) for p in parts if p]
+        try:
+            while views:
+                sent = await stream.socket.sendmsg(views[:_IOV_MAX])
+                while views and sent >= len(views[0]):
+                    sent -= len(views.pop(0))
+                if sent:
+                    views[0] = views[0][sent:]
+        except BaseException as exc:
+            self._broken = True  # Cancelled included: an unknown part went out
+            self.conn.send_failed()
+            if isinstance(exc, OSError):
+                raise ConnectionBroken(f"consumer went away ({exc.strerror or exc})") from None
+            raise
+
     def _head(self, status: int, headers: Headers) -> bytes:
         all_headers = [(b"server", SERVER_HEADER), *headers]
         reason = HTTPStatus(status).phrase.encode() if status in _KNOWN_STATUSES else b""
@@ -141,12 +166,17 @@ class HttpConnection:
         return self._head(status, [*headers, (b"transfer-encoding", b"chunked")])
 
     @staticmethod
-    def body_chunk(parts: Sequence[bytes], before: bytes = b"") -> bytes:
-        """``before`` and then one chunk holding ``parts``, joined with one copy."""
+    def chunk_parts(parts: Sequence[bytes], before: bytes = b"") -> list[bytes]:
+        """``before``, then one chunk holding ``parts``, as a list of buffers (no copy)."""
         size = sum(map(len, parts))
         if not size:
-            return before
-        return b"".join([before, b"%x\r\n" % size, *parts, b"\r\n"])
+            return [before]
+        return [before, b"%x\r\n" % size, *parts, b"\r\n"]
+
+    @classmethod
+    def body_chunk(cls, parts: Sequence[bytes], before: bytes = b"") -> bytes:
+        """``chunk_parts`` joined: for small chunks (heads, heartbeats, the end)."""
+        return b"".join(cls.chunk_parts(parts, before))
 
     def next_cycle(self) -> bool:
         """Prepare for the next request on a keep-alive connection; False if it must close."""

@@ -24,7 +24,8 @@ def test_delivery_resumes_after_batches_followed_by_a_full_window() -> None:
 
 
 def test_delivery_rule_never_loses_records_fuzz() -> None:
-    """Against a model: resume point is the end of the newest batch with >= window bytes after it."""
+    """Against a model: the resume point is never past the end of the newest batch with
+    >= window bytes after it (no loss), and no further back than the mark resolution."""
     rng = random.Random(7)
     for _ in range(300):
         window = rng.randint(0, 5000)
@@ -39,8 +40,9 @@ def test_delivery_rule_never_loses_records_fuzz() -> None:
             d.sent(offset, size)
             history.append((wire, offset))
             eligible = [off for w, off in history if wire - w >= window]
-            expected = max(eligible) if eligible else 50
-            assert d.resume_offset() == expected
+            best = max(eligible) if eligible else 50
+            coarse = [off for w, off in history if wire - w >= window + 2 * (window // 32 + 1)]
+            assert max(coarse, default=50) <= d.resume_offset() <= best
 
 
 def test_first_named_connection_starts_at_tail_then_resumes() -> None:
@@ -118,3 +120,11 @@ def test_start_at_overrides_cursor_and_is_clamped() -> None:
     assert book.attach("a", reset="largest", oldest=5, tail=50, window_bytes=0, start_at=12).start == 12
     assert book.attach("b", reset=None, oldest=5, tail=50, window_bytes=0, start_at=1).start == 5
     assert book.attach("c", reset=None, oldest=5, tail=50, window_bytes=0, start_at=99).start == 50
+
+
+def test_marks_stay_bounded_whatever_the_batch_sizes() -> None:
+    d = Delivery(start=0, window_bytes=32 * 1024 * 1024)
+    for i in range(1, 200_000):
+        d.sent(i, 700)  # tiny batches: 140 MB in all
+    assert len(d._marks) <= 40
+    assert 0 < 199_999 - d.resume_offset() <= (32 * 1024 * 1024 * 1.1) // 700
