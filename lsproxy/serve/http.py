@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 from collections.abc import Sequence
 from http import HTTPStatus
 
@@ -109,26 +110,39 @@ class HttpConnection:
                 raise ConnectionBroken("consumer went away") from None
             raise
 
-    async def send_parts(self, parts: Sequence[bytes]) -> None:
-        """Like ``send(b"".join(parts))`` without the join: one ``sendmsg`` gathers the
-        parts (shared segment buffers) straight from where they are."""
+    async def send_parts(self, parts: Sequence[bytes], timeout: float) -> None:
+        """Like ``send(b"".join(parts), timeout)``, without the join and, usually, without
+        a trip through the scheduler: the parts (shared segment buffers) go straight to
+        the kernel with one ``writev``; only when the socket buffer is full does it wait
+        for the consumer, at most ``timeout`` seconds without progress."""
         stream = self.stream
         if not isinstance(stream, trio.SocketStream):
-            await self.send(b"".join(parts))
+            await self.send(b"".join(parts), timeout)
             return
         if self._broken:
             raise ConnectionBroken("connection already broken")
         views = [memoryview(p) for p in parts if p]
+        fd = stream.socket.fileno()
         try:
             while views:
-                sent = await stream.socket.sendmsg(views[:_IOV_MAX])
+                try:
+                    sent = os.writev(fd, views[:_IOV_MAX])
+                except BlockingIOError:
+                    sent = 0
                 while views and sent >= len(views[0]):
                     sent -= len(views.pop(0))
                 if sent:
                     views[0] = views[0][sent:]
+                if views:
+                    with trio.move_on_after(timeout if timeout > 0 else math.inf) as waited:
+                        await stream.socket.wait_writable()
+                    if waited.cancelled_caught:
+                        raise trio.TooSlowError
         except BaseException as exc:
             self._broken = True  # Cancelled included: an unknown part went out
             self.conn.send_failed()
+            if isinstance(exc, trio.TooSlowError):
+                raise ConnectionBroken(f"consumer accepted no data for {timeout:g} s") from None
             if isinstance(exc, OSError):
                 raise ConnectionBroken(f"consumer went away ({exc.strerror or exc})") from None
             raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 
 import httpx
 import trio
@@ -257,3 +258,23 @@ async def test_shutdown_ends_streams_cleanly() -> None:
         await r.read_until(lambda r: r.ended_cleanly, timeout=5)
         assert r.ended_cleanly
         await r.aclose()
+
+
+async def test_a_consumer_that_accepts_nothing_is_cut_after_write_timeout_and_keeps_its_cursor() -> None:
+    async with running(write_timeout=0.5) as (sim, proxy):
+        stuck = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        stuck.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await stuck.send_all(b"GET /api/1/stream/s1?consumer=sleepy HTTP/1.1\r\nHost: x\r\n\r\n")
+        sim.sim.set_rate("s1", 3000)
+        with trio.fail_after(20):
+            while True:
+                _, status = await proxy.get_json("/status")
+                sleepy = [c for c in status["streams"]["s1"]["consumers"] if c["id"] == "sleepy"]
+                if sleepy and not sleepy[0]["connected"]:
+                    break
+                await trio.sleep(0.1)
+        assert sleepy[0]["lag"] > 0  # cut, and its cursor waits for it
+        await stuck.aclose()
+        again = await StreamReader(proxy.port, "/api/1/stream/s1?consumer=sleepy").connect()
+        await again.read_records(10)
+        await again.aclose()
