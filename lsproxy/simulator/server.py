@@ -192,6 +192,7 @@ class Simulator:
         stream.attempt_times.append(now)
         issued = self.token_state if self.settings.oauth else None
         stream.last_headers = masked_headers(req.headers, self.settings.token, issued)
+        stream.queries.append(dict(req.query))
         checked = check_stream_request(req, self.settings, issued)
         outcome = checked if isinstance(checked, Refusal) else stream.admit(checked, now)
         if isinstance(outcome, Refusal):

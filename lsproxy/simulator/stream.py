@@ -84,6 +84,7 @@ class StreamState:
         self.disconnect_times: deque[float] = deque(maxlen=HISTORY)
         self.max_connections_seen: set[int] = set()
         self.last_headers: dict[str, object] = {}
+        self.queries: deque[dict[str, str]] = deque(maxlen=100)  # query parameters of recent attempts
 
     # --- generation ---------------------------------------------------------
     def tick(self, elapsed: float, epoch: int) -> None:
@@ -242,4 +243,5 @@ class StreamState:
             "max_connections_seen": sorted(self.max_connections_seen),
             "redirects": self.redirects,
             "last_headers": dict(self.last_headers),
+            "queries": list(self.queries),
         }
