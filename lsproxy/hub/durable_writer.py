@@ -31,6 +31,7 @@ database.
 
 from __future__ import annotations
 
+import abc
 import logging
 import sqlite3
 import time
@@ -49,7 +50,7 @@ MAX_COMMIT_BYTES = 32 * 1024 * 1024  # per transaction; a bigger backlog takes s
 FINAL_COMMIT_SECONDS = 5.0
 
 
-class DurableWriter:
+class DurableWriter(abc.ABC):
     """Base class of ``DurableLog`` (which owns the tail and the reads)."""
 
     _next: int  # the log's end (DurableLog's)
@@ -98,8 +99,9 @@ class DurableWriter:
         self._last_commit: tuple[float, float] | None = None  # (wall time, seconds it took)
         self._apply_retention(clock())
 
+    @abc.abstractmethod
     def _evict_tail(self) -> None:
-        raise NotImplementedError  # DurableLog's: drop tail segments below the trim point
+        """Drop memory-tail segments below the trim point (DurableLog's part)."""
 
     @property
     def committed_offset(self) -> int:

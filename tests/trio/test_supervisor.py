@@ -18,6 +18,7 @@ from lsproxy.upstream.outcome import classify_end, classify_status
 from lsproxy.upstream.supervisor import supervise
 
 BASE = 60.0
+TEN_MINUTES = 600.0
 
 
 def stream_config(**upstream: float) -> StreamConfig:
@@ -70,7 +71,7 @@ async def run_for(
 async def test_first_attempt_at_once_then_base_delay_after_a_healthy_stream(autojump_clock) -> None:  # type: ignore[no-untyped-def]
     async def script(n, on_connected):  # type: ignore[no-untyped-def]
         on_connected()
-        await trio.sleep(600)  # streams healthily for 10 minutes, then the upstream closes
+        await trio.sleep(TEN_MINUTES)  # streams healthily (mock clock), then the upstream closes
         return classify_end("eof", "closed", stream="s", streamed=True)
 
     up = Upstream(script)
