@@ -3,8 +3,10 @@
 Theory of operation
 -------------------
 The pump is the only writer on the socket: it reads the stream log from its
-subscription's start, encodes a batch, sends it with a write timeout, and only
-then book-keeps the progress. With nothing to send it waits for new records
+subscription's start, encodes a batch (whole segments: shared gzip blocks or
+shared buffers), hands it to the kernel with one ``writev`` (waiting, at most
+``write_timeout`` without progress, only when the socket buffer is full), and
+only then book-keeps the progress. With nothing to send it waits for new records
 for at most ``heartbeat_interval`` and otherwise sends a bare CRLF (an empty
 record, which Live Stream clients ignore), so clients with read timeouts stay
 connected while the upstream is down. A closed log (shutdown, stream removed)
