@@ -33,6 +33,11 @@ _KNOWN_STATUSES = frozenset(s.value for s in HTTPStatus)
 
 Headers = Sequence[tuple[bytes, bytes]]
 
+# Stands in for the h11 state of connections whose streaming body has begun: in
+# ERROR, so that nothing can be sent through h11 on them any more.
+_STREAMING = h11.Connection(h11.SERVER)
+_STREAMING.send_failed()
+
 
 class ConnectionBroken(Exception):
     """The peer is gone, too slow, or a write failed: stop using this connection."""
@@ -176,8 +181,12 @@ class HttpConnection:
     END_BODY = b"0\r\n\r\n"
 
     def start_body(self, status: int, headers: Headers) -> bytes:
-        """Bytes of a chunked response head (sent together with the first chunk)."""
-        return self._head(status, [*headers, (b"transfer-encoding", b"chunked")])
+        """Bytes of a chunked response head (sent together with the first chunk).
+        A stream never returns to HTTP, so its h11 state is dropped here: with
+        thousands of mostly idle consumers, every kilobyte per connection counts."""
+        head = self._head(status, [*headers, (b"transfer-encoding", b"chunked")])
+        self.conn = _STREAMING
+        return head
 
     @staticmethod
     def chunk_parts(parts: Sequence[bytes], before: bytes = b"") -> list[bytes]:

@@ -130,6 +130,7 @@ class ConsumerServer:
                 await http.send_error(route, ERROR_WRITE_TIMEOUT)
                 return
             if isinstance(route, StreamRequest):
+                del request  # the route has what the stream needs; idle consumers are many
                 await serve_stream(http, self.hubs[route.stream], route, self.stream_settings)
                 return
             assert isinstance(route, EndpointRequest)
