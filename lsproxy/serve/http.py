@@ -126,7 +126,9 @@ class HttpConnection:
             return
         if self._broken:
             raise ConnectionBroken("connection already broken")
-        views = [memoryview(p) for p in parts if p]
+        # Plain bytes while everything goes out at once (the usual case); memoryviews
+        # only to slice the rest after a partial write.
+        views: list[bytes | memoryview] = [p for p in parts if p]
         fd = stream.socket.fileno()
         try:
             while views:
@@ -137,7 +139,7 @@ class HttpConnection:
                 while views and sent >= len(views[0]):
                     sent -= len(views.pop(0))
                 if sent:
-                    views[0] = views[0][sent:]
+                    views[0] = memoryview(views[0])[sent:]
                 if views:
                     with trio.move_on_after(timeout if timeout > 0 else math.inf) as waited:
                         await stream.socket.wait_writable()
