@@ -29,7 +29,13 @@ from lsproxy.hub.dedup import DedupWindow
 from lsproxy.hub.durable import DurableLog
 from lsproxy.hub.journal import UpstreamJournal
 from lsproxy.hub.log import MemoryLog, StreamLog
-from lsproxy.hub.store_files import LockHandle, acquire_storage_lock, stream_db_path
+from lsproxy.hub.store_files import (
+    LockHandle,
+    acquire_storage_lock,
+    remove_pid_file,
+    stream_db_path,
+    write_pid_file,
+)
 from lsproxy.hub.stream import StreamHub
 from lsproxy.serve.consumer import StreamSettings
 from lsproxy.serve.routes import Router
@@ -193,10 +199,11 @@ class Proxy:
     ) -> None:
         """Serve until ``request_shutdown``; ``task_status`` gets the bound addresses.
         Raises StoreError (storage locked, damaged beyond repair) or BindError before serving."""
-        lock: LockHandle | None = None
-        if self.config.storage.durable:
-            # Two proxies on one storage dir would open two upstream connections per stream.
-            lock = acquire_storage_lock(self.config.storage.dir)
+        storage_dir = self.config.storage.dir
+        # Two proxies on one storage dir would open two upstream connections per stream.
+        # The pid file (for `lsproxy reload`) is written only once the lock is ours.
+        lock: LockHandle | None = acquire_storage_lock(storage_dir) if self.config.storage.durable else None
+        write_pid_file(storage_dir)
         try:
             hubs = {s.name: await open_hub(s, self.config.storage) for s in self.config.streams}
             async with trio.open_nursery() as root:
@@ -213,6 +220,7 @@ class Proxy:
                 await self._shutdown()
                 root.cancel_scope.cancel()  # token refreshers
         finally:
+            remove_pid_file(storage_dir)
             if lock is not None:
                 lock.release()
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -18,6 +16,7 @@ from lsproxy.app import Proxy
 from lsproxy.config import Config, load_config
 from lsproxy.errors import BindError, ConfigError
 from lsproxy.hub.store import StoreError
+from lsproxy.hub.store_files import PID_NAME, read_pid_file
 from lsproxy.simulator import SimSettings
 
 log = logging.getLogger("lsproxy")
@@ -105,8 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("%s", warning)
     proxy = Proxy(config)
     try:
-        with pid_file(_pid_path(config)):
-            return trio.run(_serve_proxy, proxy, args.config, redact)
+        return trio.run(_serve_proxy, proxy, args.config, redact)
     except* (BindError, StoreError) as group:
         log.error("%s", _first_leaf(group))
     return 1
@@ -121,31 +119,16 @@ def _secret_values(config: Config) -> list[str]:
     return values
 
 
-def _pid_path(config: Config) -> Path:
-    return Path(config.storage.dir) / "lsproxy.pid"
-
-
-@contextlib.contextmanager
-def pid_file(path: Path) -> Iterator[None]:
-    """``lsproxy reload`` finds the running proxy through this file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{os.getpid()}\n")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            if path.read_text().strip() == str(os.getpid()):
-                path.unlink()
-
-
 def _signal_running_proxy(config: Config) -> int:
-    path = _pid_path(config)
+    where = os.path.join(config.storage.dir, PID_NAME)
+    pid = read_pid_file(config.storage.dir)
+    if pid is None:
+        print(f"lsproxy: no running proxy found through {where}", file=sys.stderr)
+        return 1
     try:
-        pid = int(path.read_text().strip())
         os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        print(f"lsproxy: no running proxy found through {path}: {reason}", file=sys.stderr)
+    except OSError as exc:
+        print(f"lsproxy: cannot signal pid {pid} (from {where}): {exc.strerror or exc}", file=sys.stderr)
         return 1
     print(f"{config.path}: ok; asked lsproxy (pid {pid}) to reload it")
     return 0

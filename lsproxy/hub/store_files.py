@@ -103,6 +103,7 @@ def acquire_storage_lock(directory: str) -> LockHandle:
 
 
 def write_pid_file(directory: str) -> str:
+    os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, PID_NAME)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:

@@ -277,6 +277,8 @@ def test_a_second_proxy_on_the_same_storage_refuses_to_start(tmp_path: Path) -> 
         result = lsproxy("run", "--config", str(config))
         assert result.returncode == 1
         assert "in use by another lsproxy" in result.stderr and f"pid {first.pid}" in result.stderr
+        # The refused proxy left the pid file alone: `lsproxy reload` still finds the first one.
+        assert (tmp_path / "data" / "lsproxy.pid").read_text().strip() == str(first.pid)
     finally:
         first.kill()
         first.communicate()
