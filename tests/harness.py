@@ -6,8 +6,6 @@ except where a test starts subprocesses on purpose.
 
 from __future__ import annotations
 
-import gzip
-import json
 import shutil
 import tempfile
 import zlib
@@ -213,11 +211,3 @@ class StreamReader:
 
     def seqs(self) -> list[int]:
         return [seq_of(r) for r in self.records]
-
-
-def decode_json_body(body: bytes) -> dict[str, Any]:
-    return json.loads(body)  # type: ignore[no-any-return]
-
-
-def gunzip(data: bytes) -> bytes:
-    return gzip.decompress(data)

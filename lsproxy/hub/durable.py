@@ -140,10 +140,6 @@ class DurableLog(DurableWriter):
     def closed(self) -> bool:
         return self._closed
 
-    @property
-    def last_received_at(self) -> float | None:
-        return self._last_time if self._next > self.oldest else None
-
     # -- writing ------------------------------------------------------------
     def append(self, records: Sequence[bytes], received_at: float) -> None:
         """Append records (without terminators). Never blocks, never awaits, no disk."""

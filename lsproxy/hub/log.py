@@ -96,10 +96,6 @@ class MemoryLog:
     def closed(self) -> bool:
         return self._closed
 
-    @property
-    def last_received_at(self) -> float | None:
-        return self._run.back.received_at if self._run else None
-
     # -- writing ------------------------------------------------------------
     def append(self, records: Sequence[bytes], received_at: float) -> None:
         """Append records (without terminators). Never blocks, never awaits."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -36,7 +36,6 @@ class UpstreamStatus:
     last_error: dict[str, Any] | None = None
     records: int = 0
     last_record_at: float | None = None  # wall clock
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Subscription:
@@ -209,5 +208,4 @@ def _connection_snapshot(up: UpstreamStatus, now: float) -> dict[str, Any]:
         "last_error": up.last_error,
         "records_received": up.records,
         "last_record_at": up.last_record_at,
-        **up.extra,
     }
