@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -54,7 +54,12 @@ class ProxyUnderTest:
 
 
 def proxy_config(
-    sim: SimUnderTest, *, streams: tuple[str, ...] = ("s1",), extra: str = "", **overrides: Any
+    sim: SimUnderTest,
+    *,
+    streams: tuple[str, ...] = ("s1",),
+    stream_keys: Mapping[str, Mapping[str, str]] | None = None,
+    extra: str = "",
+    **overrides: Any,
 ) -> Config:
     """A config for the proxy in front of ``sim``: fast delays, ephemeral port.
     Keyword arguments override [server] keys (``SERVER_KEYS``) or [upstream] keys."""
@@ -87,6 +92,7 @@ def proxy_config(
     ]
     for name in streams:
         lines += [f"[streams.{name}]", f'url = "{sim.url(name)}"', f'report_suite = "suite-{name}"']
+        lines += [f"{k} = {v}" for k, v in (stream_keys or {}).get(name, {}).items()]
     return parse_config("\n".join(lines), path="test.toml", environ={})
 
 

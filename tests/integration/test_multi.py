@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import trio
 
-from lsproxy.config import parse_config
 from lsproxy.simulator import SimSettings, SimStream
-from tests.harness import StreamReader, running
+from tests.harness import StreamReader, proxy_config, running
 
 
 async def sample_open_connections(sim, endpoint: str, samples: list[int], stop: trio.Event) -> None:  # type: ignore[no-untyped-def]
@@ -57,10 +56,8 @@ async def test_reload_adds_removes_and_changes_streams_leaving_the_others_untouc
             await r.read_records(20)
         old = proxy.proxy.config
         # "change" gets a different upstream setting; "keep" is identical.
-        new = parse_config(
-            _to_toml(sim, {"keep": {}, "change": {"smoothing": "true"}, "added": {}}),
-            path="new.toml",
-            environ={},
+        new = proxy_config(
+            sim, streams=("keep", "change", "added"), stream_keys={"change": {"smoothing": "true"}}
         )
         changes = await proxy.proxy.reload(new)
         assert "stream drop: removed" in changes and "stream added: added" in changes
@@ -86,27 +83,3 @@ async def test_reload_adds_removes_and_changes_streams_leaving_the_others_untouc
         assert old is not proxy.proxy.config
         for r in [*readers.values(), added]:
             await r.aclose()
-
-
-def _to_toml(sim, streams: dict[str, dict[str, str]]) -> str:  # type: ignore[no-untyped-def]
-    lines = [
-        "[server]",
-        'listen = "127.0.0.1:0"',
-        "heartbeat_interval = 0.2",
-        "request_timeout = 1",
-        "write_timeout = 2",
-        "shutdown_grace = 1",
-        "[storage]",
-        f'dir = "{sim.storage_dir}"',
-        "[upstream]",
-        "reconnect_delay = 0.3",
-        "max_reconnect_delay = 2.0",
-        "connect_timeout = 2",
-        "healthy_after = 0.5",
-        "[credentials.sim]",
-        'token = "sim-secret-token-123"',
-    ]
-    for name, extra in streams.items():
-        lines += [f"[streams.{name}]", f'url = "{sim.url(name)}"', f'report_suite = "suite-{name}"']
-        lines += [f"{k} = {v}" for k, v in extra.items()]
-    return "\n".join(lines)
