@@ -2,7 +2,8 @@
 
 Each stream is a ``StreamRunner``: its hub (log + cursors, shared with the
 server), its storage tasks (the durable log's writer, cursor and liveness
-persistence) and its upstream connection supervisors, each part in a cancel
+persistence, forgetting cursors past ``consumer_ttl``) and its upstream
+connection supervisors, each part in a cancel
 scope of its own, so a config reload can stop, start or restart one stream's
 upstream without touching the others (``reload``). Credential sets are shared
 token providers.
@@ -24,7 +25,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from lsproxy.config import Config, Credentials, StorageConfig, StreamConfig
+from lsproxy.config import Config, Credentials, ServerConfig, StorageConfig, StreamConfig
+from lsproxy.hub.cursors import CursorBook
 from lsproxy.hub.dedup import DedupWindow
 from lsproxy.hub.durable import DurableLog
 from lsproxy.hub.journal import UpstreamJournal
@@ -46,13 +48,15 @@ from lsproxy.upstream.supervisor import supervise
 
 log = logging.getLogger("lsproxy")
 
+SWEEP_LIMIT = 1000  # cursors forgotten per storage step at most (consumer_ttl)
+
 
 def _upstream_identity(stream: StreamConfig) -> tuple[object, ...]:
     """What, when changed, needs new upstream connections (retention and routes do not)."""
     return (stream.url, stream.credentials, stream.upstream, stream.initial_reset)
 
 
-async def open_hub(stream: StreamConfig, storage: StorageConfig) -> StreamHub:
+async def open_hub(stream: StreamConfig, storage: StorageConfig, server: ServerConfig) -> StreamHub:
     """The stream's hub on a durable or in-memory log, with its persisted state restored."""
     settings = stream.upstream
     log_: StreamLog
@@ -68,7 +72,11 @@ async def open_hub(stream: StreamConfig, storage: StorageConfig) -> StreamHub:
         log_ = MemoryLog(stream.retention_bytes)
     dedup = DedupWindow(max_records=settings.dedup_window_records, max_seconds=settings.dedup_window_seconds)
     hub = StreamHub(
-        stream.name, log_, connections=settings.connections, dedup=dedup if dedup.enabled else None
+        stream.name,
+        log_,
+        connections=settings.connections,
+        dedup=dedup if dedup.enabled else None,
+        book=CursorBook(max_named=server.max_named_consumers, ttl=server.consumer_ttl),
     )
     if isinstance(log_, DurableLog):
         hub.book.restore(log_.load_cursors())
@@ -110,26 +118,30 @@ class StreamRunner:
         )
 
     async def run_storage(self) -> None:
-        """The durable log's writer plus cursor and liveness persistence, until cancelled."""
-        durable = self.hub.log
-        if not isinstance(durable, DurableLog):
-            return
+        """The durable log's writer plus cursor and liveness persistence, and forgetting
+        cursors past consumer_ttl (also without a durable log), until cancelled."""
+        durable = self.hub.log if isinstance(self.hub.log, DurableLog) else None
         with self.storage_scope:
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(durable.run)
+                    if durable is not None:
+                        nursery.start_soon(durable.run)
                     while True:
                         self.persist()
                         await trio.sleep(min(self.storage.heartbeat_interval, self.storage.commit_interval))
             finally:
                 self.persist()
-                await durable.aclose()
+                if durable is not None:
+                    await durable.aclose()
 
     def persist(self) -> None:
-        """Hand the current cursors (and liveness) to the log's next commit."""
+        """Forget cursors past consumer_ttl, then hand the current cursors (and liveness)
+        to the log's next commit (in one step: the snapshot never predates a forget)."""
+        forgotten = self.hub.forget_idle_consumers(SWEEP_LIMIT)
         durable = self.hub.log
         if isinstance(durable, DurableLog):
-            durable.save_cursors(self.hub.book.persistent())
+            durable.forget_cursors(c.name for c in forgotten)
+            durable.save_cursors(self.hub.book.persistent(self.hub.clock()))
             if self.journal is not None and any(u.state == "streaming" for u in self.hub.upstreams):
                 self.journal.alive()
 
@@ -186,6 +198,7 @@ class Proxy:
                 heartbeat_interval=server.heartbeat_interval,
                 write_timeout=server.write_timeout,
                 replay_window_bytes=server.replay_window_bytes,
+                client_buffer_bytes=server.client_buffer_bytes,
             ),
         )
         self._stop = trio.Event()
@@ -205,7 +218,10 @@ class Proxy:
         lock: LockHandle | None = acquire_storage_lock(storage_dir) if self.config.storage.durable else None
         write_pid_file(storage_dir)
         try:
-            hubs = {s.name: await open_hub(s, self.config.storage) for s in self.config.streams}
+            hubs = {
+                s.name: await open_hub(s, self.config.storage, self.config.server)
+                for s in self.config.streams
+            }
             async with trio.open_nursery() as root:
                 self._nursery = root
                 addresses = await root.start(self.server.run)
@@ -286,7 +302,7 @@ class Proxy:
         for name, stream in new_streams.items():
             old = old_streams.get(name)
             if old is None:
-                self._start_stream(stream, await open_hub(stream, new.storage))
+                self._start_stream(stream, await open_hub(stream, new.storage, new.server))
                 changes.append(f"stream {name}: added")
             elif _upstream_identity(old) != _upstream_identity(stream):
                 old_runner = self.runners[name]

@@ -12,7 +12,8 @@ under ``[credentials]`` are never echoed. Credential sets are parsed in
 Layout (all tables but ``[credentials.*]`` and ``[streams.*]`` are optional)::
 
     [server]                 listen, heartbeat_interval, request_timeout,
-                             write_timeout, shutdown_grace, replay_window_bytes
+                             write_timeout, shutdown_grace, replay_window_bytes,
+                             client_buffer_bytes, max_named_consumers, consumer_ttl
     [storage]                dir, durable, retention_seconds, retention_bytes,
                              memory_bytes, commit_interval, heartbeat_interval
     [upstream]               reconnect_delay, max_reconnect_delay, connect_timeout,
@@ -66,6 +67,9 @@ from lsproxy.errors import ConfigError
 __all__ = [
     "ADOBE_MIN_RECONNECT_DELAY",
     "CREDENTIAL_KINDS",
+    "DEFAULT_CLIENT_BUFFER_BYTES",
+    "DEFAULT_CONSUMER_TTL",
+    "DEFAULT_MAX_NAMED_CONSUMERS",
     "DEFAULT_MEMORY_BYTES",
     "DEFAULT_RETENTION_BYTES",
     "DEFAULT_RETENTION_SECONDS",
@@ -101,6 +105,9 @@ MAX_CONNECTIONS = 8
 #: Adobe's smoothingBucketSize range is 1..7200 seconds.
 MAX_SMOOTHING_BUCKET_SIZE = 7200
 INITIAL_RESETS = ("smallest", "largest")
+DEFAULT_CLIENT_BUFFER_BYTES = 1024 * 1024
+DEFAULT_MAX_NAMED_CONSUMERS = 10_000
+DEFAULT_CONSUMER_TTL = 7 * 86400.0
 #: Adobe asks clients to wait about a minute before reconnecting.
 ADOBE_MIN_RECONNECT_DELAY = 60.0
 
@@ -119,6 +126,12 @@ class ServerConfig:
     write_timeout: float = 30.0
     shutdown_grace: float = 5.0
     replay_window_bytes: int | None = None  # None = "auto"
+    #: The consumer's own read buffers (wire bytes) the rewind rule allows for.
+    client_buffer_bytes: int = DEFAULT_CLIENT_BUFFER_BYTES
+    #: Named cursors per stream; a new id beyond it gets 429.
+    max_named_consumers: int = DEFAULT_MAX_NAMED_CONSUMERS
+    #: Seconds a named cursor may stay disconnected before it is forgotten; 0 = never.
+    consumer_ttl: float = DEFAULT_CONSUMER_TTL
 
 
 @dataclass(frozen=True)
@@ -257,6 +270,9 @@ _SERVER_KEYS = (
     "write_timeout",
     "shutdown_grace",
     "replay_window_bytes",
+    "client_buffer_bytes",
+    "max_named_consumers",
+    "consumer_ttl",
 )
 _STORAGE_KEYS = tuple(f.name for f in dataclasses.fields(StorageConfig))
 _STORAGE_ONLY_KEYS = ("dir", "durable", "memory_bytes", "commit_interval")
@@ -404,7 +420,7 @@ class _Parser(_CredentialsParser):
         kwargs: dict[str, Any] = {}
         if "listen" in t:
             kwargs["host"], kwargs["port"] = self.listen(t["listen"], (*key, "listen"))
-        for name in ("heartbeat_interval", "shutdown_grace"):
+        for name in ("heartbeat_interval", "shutdown_grace", "consumer_ttl"):
             if name in t:
                 kwargs[name] = self.duration(t[name], (*key, name))
         for name in ("request_timeout", "write_timeout"):
@@ -413,6 +429,14 @@ class _Parser(_CredentialsParser):
         if "replay_window_bytes" in t:
             kwargs["replay_window_bytes"] = self.replay_window(
                 t["replay_window_bytes"], (*key, "replay_window_bytes")
+            )
+        if "client_buffer_bytes" in t:
+            kwargs["client_buffer_bytes"] = self.integer(
+                t["client_buffer_bytes"], (*key, "client_buffer_bytes"), unit="bytes", low=0
+            )
+        if "max_named_consumers" in t:
+            kwargs["max_named_consumers"] = self.integer(
+                t["max_named_consumers"], (*key, "max_named_consumers"), unit="consumers", low=1
             )
         server = ServerConfig(**kwargs)
         if not _is_loopback(server.host):

@@ -53,6 +53,9 @@ class ProxyUnderTest:
             return r.status_code, r.json()
 
 
+SERVER_ONLY_KEYS = {"replay_window_bytes", "client_buffer_bytes", "max_named_consumers", "consumer_ttl"}
+
+
 def proxy_config(
     sim: SimUnderTest,
     *,
@@ -62,7 +65,7 @@ def proxy_config(
     **overrides: Any,
 ) -> Config:
     """A config for the proxy in front of ``sim``: fast delays, ephemeral port.
-    Keyword arguments override [server] keys (``SERVER_KEYS``) or [upstream] keys."""
+    Keyword arguments override [server] keys (those set here, ``SERVER_ONLY_KEYS``) or [upstream] keys."""
     server: dict[str, Any] = {
         "listen": '"127.0.0.1:0"',
         "heartbeat_interval": 0.2,
@@ -77,7 +80,7 @@ def proxy_config(
         "healthy_after": 0.5,
     }
     for key, value in overrides.items():
-        (server if key in server or key == "replay_window_bytes" else settings)[key] = value
+        (server if key in server or key in SERVER_ONLY_KEYS else settings)[key] = value
     lines = [
         "[server]",
         *(f"{k} = {v}" for k, v in server.items()),

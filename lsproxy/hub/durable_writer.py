@@ -13,7 +13,8 @@ not committed yet, oldest first, and ``run`` drains it. Every
    trim point only moves forward, and it is what the transaction deletes
    below, so a failed commit's deletion is simply redone by the next one;
 2. takes up to ``MAX_COMMIT_BYTES`` of the queue, the cursors that differ
-   from what is stored, the meta keys set since, and the log's end;
+   from what is stored (and those forgotten), the meta keys set since, and
+   the log's end;
 3. runs ``Store.commit`` in a worker thread (not abandoned on cancellation:
    the bookkeeping below must see its outcome);
 4. only then pops the committed segments and adds their rows to the index,
@@ -35,10 +36,11 @@ import abc
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import trio
 
+from lsproxy.hub.cursors import SavedCursor
 from lsproxy.hub.durable_index import RowIndex
 from lsproxy.hub.segment import Segment, SegmentRun
 from lsproxy.hub.store import Commit, Committed, Loaded, Store, describe_error
@@ -84,7 +86,8 @@ class DurableWriter(abc.ABC):
         self._next_written = self._next
         self._cursors = dict(loaded.cursors)
         self._stored_cursors = dict(loaded.cursors)
-        self._snapshot: dict[str, tuple[int, int]] | None = None
+        self._snapshot: dict[str, SavedCursor] | None = None
+        self._forget: set[str] = set()  # forgotten cursors not yet deleted from the store
         self._meta = dict(loaded.meta)
         self._dirty_meta: dict[str, str] = {}
         self._shut = False
@@ -125,14 +128,18 @@ class DurableWriter(abc.ABC):
             )  # fmt: skip
 
     # -- cursors and meta ---------------------------------------------------
-    def load_cursors(self) -> dict[str, tuple[int, int]]:
-        """name -> (position, skipped), as last persisted (at open: as stored)."""
+    def load_cursors(self) -> dict[str, SavedCursor]:
+        """name -> (position, skipped, last seen), as last persisted (at open: as stored)."""
         return dict(self._cursors)
 
-    def save_cursors(self, cursors: Mapping[str, tuple[int, int]]) -> None:
+    def save_cursors(self, cursors: Mapping[str, SavedCursor]) -> None:
         """The cursors to persist with the next commit (only changed ones are written;
-        a name missing from the snapshot stays as stored)."""
+        a name missing from the snapshot stays as stored, unless forgotten)."""
         self._snapshot = dict(cursors)
+
+    def forget_cursors(self, names: Iterable[str]) -> None:
+        """Delete these cursors from the store with the next commit (consumer_ttl)."""
+        self._forget.update(names)
 
     def get_meta(self, key: str) -> str | None:
         return self._meta.get(key)
@@ -226,13 +233,15 @@ class DurableWriter(abc.ABC):
         snapshot = self._snapshot
         cursors = {}
         if snapshot is not None:
+            self._forget.difference_update(snapshot)  # the name came back since: keep it
             cursors = {k: v for k, v in snapshot.items() if self._stored_cursors.get(k) != v}
+        forget = sorted(self._forget)
         meta = dict(self._dirty_meta)
         next_offset = self._next
-        idle = not (segments or cursors or meta)
+        idle = not (segments or cursors or meta or forget)
         if idle and (self._trim_below, next_offset) == (self._trim_written, self._next_written):
             return True
-        work = Commit(segments, self._trim_below, next_offset, cursors, meta, now)
+        work = Commit(segments, self._trim_below, next_offset, cursors, meta, now, forget)
         try:
             done = await trio.to_thread.run_sync(self._store.commit, work, abandon_on_cancel=abandon)
         except (sqlite3.Error, OSError) as exc:
@@ -241,13 +250,17 @@ class DurableWriter(abc.ABC):
         self._committed(work, done, snapshot)
         return True
 
-    def _committed(self, work: Commit, done: Committed, snapshot: dict[str, tuple[int, int]] | None) -> None:
+    def _committed(self, work: Commit, done: Committed, snapshot: dict[str, SavedCursor] | None) -> None:
         for _ in work.segments:  # still the queue's front: only commits pop, one at a time
             self._queue.popleft()
         for row in done.rows:
             if row[0] >= self._trim_below:
                 self._index.append(*row)
         self._trim_written, self._next_written = work.trim_below, work.next_offset
+        for name in work.forget:
+            self._stored_cursors.pop(name, None)
+            self._cursors.pop(name, None)
+        self._forget.difference_update(work.forget)
         self._stored_cursors.update(work.cursors)
         self._cursors.update(work.cursors)
         if self._snapshot is snapshot:

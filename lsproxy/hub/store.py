@@ -10,7 +10,8 @@ no index on ``received_at``: the DurableLog keeps every row's offsets and time
 in memory (``RowIndex``, loaded at open from the record headers, blobs
 unread), which answers ``offset_at`` and retention without a query.
 ``cursors`` and ``meta`` hold the named consumers' positions and the stream's
-state.
+state; a cursor's ``updated_at`` is when its consumer was last seen connected
+(for ``consumer_ttl``; stores from before it hold the last change, as close).
 
 One commit is one transaction, run by a worker thread: delete the rows that
 retention gave up, insert the new rows, upsert changed cursors and meta keys,
@@ -111,7 +112,7 @@ class Loaded:
 
     index: list[tuple[int, int, int, float]]  # per row: first, count, bytes, received_at
     tail: list[Segment]  # the newest rows, up to the requested bytes
-    cursors: dict[str, tuple[int, int]]
+    cursors: dict[str, tuple[int, int, float]]  # name -> (position, skipped, last seen)
     meta: dict[str, str]
     next_offset: int
     disk_bytes: int = 0
@@ -124,9 +125,10 @@ class Commit:
     segments: Sequence[Segment]
     trim_below: int  # rows starting below this offset are gone
     next_offset: int  # the end marker
-    cursors: Mapping[str, tuple[int, int]]  # changed ones only
+    cursors: Mapping[str, tuple[int, int, float]]  # changed ones only
     meta: Mapping[str, str]  # changed ones only
     now: float
+    forget: Sequence[str] = ()  # cursors to delete (before the upserts)
 
 
 @dataclass
@@ -203,7 +205,10 @@ class Store:
             if start < len(index):
                 for row in conn.execute(f"{ROW_SQL} WHERE first >= ? ORDER BY first", (index[start][0],)):
                     tail.append(row_segment(*row))
-            cursors = {n: (p, s) for n, p, s in conn.execute("SELECT name, position, skipped FROM cursors")}
+            cursors = {
+                n: (p, s, t)
+                for n, p, s, t in conn.execute("SELECT name, position, skipped, updated_at FROM cursors")
+            }
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         except (sqlite3.DatabaseError, ValueError) as exc:
             if isinstance(exc, ValueError) or is_damage(exc):
@@ -234,10 +239,11 @@ class Store:
                 # retry idempotent (nothing at or above the batch is committed otherwise).
                 conn.execute("DELETE FROM segments WHERE first >= ?", (work.segments[0].first,))
                 conn.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", params())
+            conn.executemany("DELETE FROM cursors WHERE name = ?", [(name,) for name in work.forget])
             conn.executemany(
                 "INSERT INTO cursors VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "position = excluded.position, skipped = excluded.skipped, updated_at = excluded.updated_at",
-                [(name, pos, skipped, work.now) for name, (pos, skipped) in work.cursors.items()],
+                [(name, pos, skipped, seen) for name, (pos, skipped, seen) in work.cursors.items()],
             )
             conn.executemany(
                 "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",

@@ -4,7 +4,8 @@ The upstream side appends to ``log`` and keeps ``upstream`` (a status snapshot)
 current; the consumer side subscribes, reads the log from its lease's start and
 reports progress. Neither side ever awaits the other. Takeover of a named
 cursor cancels the previous holder's connection through the cancel scope it
-registered.
+registered. Every connect is logged with where it resumes and how much it is
+sent again; every skip is logged and counted the same way (``cursors.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import trio
 
-from lsproxy.hub.cursors import CursorBook, Lease, Reset
+from lsproxy.hub.cursors import Cursor, CursorBook, Lease, Reset
 from lsproxy.hub.dedup import DedupWindow
 from lsproxy.hub.log import StreamLog
 
@@ -57,14 +58,14 @@ class Subscription:
         """Book-keep a batch handed to the kernel; False once taken over."""
         return self.hub.book.sent(self.lease, end_offset, wire_bytes)
 
-    def skipped(self, records: int) -> None:
-        self.hub.book.skipped(self.lease, records)
-        log.warning(
-            "stream %s: consumer %s fell out of retention, skipped %d records",
-            self.hub.name,
-            self.lease.name,
-            records,
-        )
+    def observe(self, unprocessed_bytes: int, source: str) -> None:
+        """An in-flight sample of this connection's socket (see ``Delivery.observe``)."""
+        self.hub.book.observe(self.lease, unprocessed_bytes, source)
+
+    def skipped(self, offset: int, resumed_at: int) -> None:
+        """The records ``offset``..``resumed_at`` were trimmed before they could be sent."""
+        skipped, trimmed = self.hub.book.skipped(self.lease, offset, resumed_at)
+        self.hub.log_skip(self.lease.name, skipped, trimmed)
 
 
 # Worst first: the stream's state is its worst connection's.
@@ -79,10 +80,13 @@ class StreamHub:
         *,
         connections: int = 1,
         dedup: DedupWindow | None = None,
+        book: CursorBook | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
         self.log = log
-        self.book = CursorBook()
+        self.book = book if book is not None else CursorBook()
+        self.clock = clock  # wall clock for cursor "last seen" times (consumer_ttl)
         self.dedup = dedup
         self.upstreams = [UpstreamStatus() for _ in range(connections)]
         self.records = 0  # records appended (after de-duplication)
@@ -109,18 +113,24 @@ class StreamHub:
         consumer: str | None,
         *,
         reset: Reset | None,
-        window_bytes: int,
+        window_bytes: int | None,
         cancel_scope: trio.CancelScope,
         start_at: int | None = None,
     ) -> Subscription:
+        """Raises ``TooManyConsumers`` for a new name beyond ``max_named_consumers``."""
+        tail = self.log.next_offset
         lease = self.book.attach(
             consumer,
             reset=reset,
             oldest=self.log.oldest,
-            tail=self.log.next_offset,
+            tail=tail,
             window_bytes=window_bytes,
+            now=self.clock(),
             start_at=start_at,
         )
+        log.info("stream %s: consumer %s connected at offset %d%s", self.name, lease.name, lease.start,
+                 _describe_start(lease, tail))  # fmt: skip
+        self.log_skip(lease.name, lease.skipped, lease.rewind_trimmed)
         previous = self._scopes.get(lease.name)
         if previous is not None:
             # The old connection often has not noticed yet that its consumer died.
@@ -130,10 +140,36 @@ class StreamHub:
         return Subscription(self, lease)
 
     def unsubscribe(self, sub: Subscription) -> None:
-        self.book.detach(sub.lease)
+        self.book.detach(sub.lease, self.clock())
         held = self._scopes.get(sub.lease.name)
         if held is not None and held[0] == sub.lease.generation:
             del self._scopes[sub.lease.name]
+
+    def log_skip(self, consumer: str, skipped: int, trimmed: int) -> None:
+        if skipped:
+            log.warning(
+                "stream %s: consumer %s fell out of retention, skipped %d records",
+                self.name,
+                consumer,
+                skipped,
+            )
+        if trimmed:
+            log.info(
+                "stream %s: consumer %s: %d records of its replay were trimmed by retention "
+                "(they had been sent to it before; not counted as skipped)", self.name, consumer, trimmed,
+            )  # fmt: skip
+
+    def forget_idle_consumers(self, limit: int) -> list[Cursor]:
+        """Forget (and log) up to ``limit`` named cursors not connected for consumer_ttl."""
+        forgotten = self.book.sweep(self.clock(), limit)
+        if forgotten:
+            names = ", ".join(c.name for c in forgotten[:10])
+            more = f" and {len(forgotten) - 10} more" if len(forgotten) > 10 else ""
+            log.info(
+                "stream %s: forgot %d named consumer(s) not connected for %g s (consumer_ttl): %s%s",
+                self.name, len(forgotten), self.book.ttl, names, more,
+            )  # fmt: skip
+        return forgotten
 
     def append(self, records: list[bytes], connection: int = 0) -> None:
         """An upstream connection delivers framed records (never blocks, never awaits)."""
@@ -154,20 +190,22 @@ class StreamHub:
         """The stream ends (shutdown or removal): consumers finish their responses."""
         self.log.close()
 
-    def snapshot(self, now: float) -> dict[str, Any]:
-        """JSON-able status of this stream. ``now`` is wall-clock time."""
+    def snapshot(self, now: float, offset: int = 0, limit: int | None = None) -> dict[str, Any]:
+        """JSON-able status of this stream. ``now`` is wall-clock time. Consumers are
+        listed most lagging first, ``offset``/``limit`` of them (None: all), with a summary."""
         tail = self.log.next_offset
-        consumers = [
-            {
-                "id": c.name if c.named else None,
-                "connected": c.connected,
-                "cursor": c.current,
-                "lag": tail - c.current,
-                "skipped": c.skipped,
-                "connections": c.connections,
-            }
-            for c in self.book.cursors()
-        ]
+        cursors = self.book.cursors()
+        cursors.sort(key=lambda c: c.current)  # most lagging first
+        page = cursors[offset:] if limit is None else cursors[offset : offset + limit]
+        consumers = [_consumer_snapshot(c, tail) for c in page]
+        summary = {
+            "count": len(cursors),
+            "named": self.book.named,
+            "connected": sum(1 for c in cursors if c.connected),
+            "max_lag": tail - cursors[0].current if cursors else 0,
+            "offset": offset,
+            "listed": len(consumers),
+        }
         connections = [_connection_snapshot(u, now) for u in self.upstreams]
         errors = [c["last_error"] for c in connections if c["last_error"]]
         waits = [c["next_attempt_in"] for c in connections if c["next_attempt_in"] is not None]
@@ -188,10 +226,42 @@ class StreamHub:
                 "trimmed_records": self.log.trimmed_records,
             },
             "consumers": consumers,
+            "consumer_summary": summary,
             **({"storage": status()} if (status := getattr(self.log, "status", None)) else {}),
             **self.info,
             **({"token": self.token_status()} if self.token_status is not None else {}),
         }
+
+
+def _consumer_snapshot(c: Cursor, tail: int) -> dict[str, Any]:
+    replay = None
+    if c.delivery is not None:
+        records, wire_bytes = c.delivery.replay()
+        replay = {"records": records, "wire_bytes": wire_bytes, "bound_by": c.delivery.source}
+    return {
+        "id": c.name if c.named else None,
+        "connected": c.connected,
+        "cursor": c.current,
+        "lag": tail - c.current,
+        "skipped": c.skipped,
+        "connections": c.connections,
+        "replay": replay,  # what a reconnect now would be sent again (rewind rule)
+    }
+
+
+def _describe_start(lease: Lease, tail: int) -> str:
+    """The rest of the connect log line: where the consumer resumes and what it replays."""
+    if lease.created:
+        return (
+            " (new cursor)" if lease.start == tail else f" (new cursor, {tail - lease.start} records behind)"
+        )
+    replay = ""
+    if lease.replayed:
+        replay = (
+            f", replaying {lease.replayed} records sent before: "
+            f"{lease.replayed_bytes} wire bytes its last connection could not confirm as read"
+        )
+    return f" (resumes its cursor{replay}; {tail - lease.start} records behind the tail)"
 
 
 def _connection_snapshot(up: UpstreamStatus, now: float) -> dict[str, Any]:

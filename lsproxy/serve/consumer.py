@@ -12,6 +12,11 @@ record, which Live Stream clients ignore), so clients with read timeouts stay
 connected while the upstream is down. A closed log (shutdown, stream removed)
 ends the body cleanly with the terminating chunk.
 
+Now and then (every ``SAMPLE_BYTES`` sent, on going idle, at heartbeats) the
+pump asks the kernel how much of what it sent the consumer may not have
+processed yet (``inflight.py``) and tells its cursor: that is what keeps the
+replay after a consumer restart small (the rewind rule, ``hub/cursors.py``).
+
 The watcher is the only reader: once the GET is read h11 has nothing more to
 say, but the socket must still be read to notice the consumer leaving (EOF or
 reset). It discards what arrives, up to a limit, and cancels the response when
@@ -24,54 +29,32 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 from dataclasses import dataclass
-from functools import cache
 
 import trio
 
+from lsproxy.hub.cursors import TooManyConsumers
 from lsproxy.hub.stream import StreamHub, Subscription
 from lsproxy.serve.encoding import Encoder, make_encoder
 from lsproxy.serve.http import READ_SIZE, ConnectionBroken, HttpConnection
-from lsproxy.serve.routes import StreamRequest
+from lsproxy.serve.inflight import InflightProbe, replay_window
+from lsproxy.serve.routes import ErrorReply, StreamRequest
 
 log = logging.getLogger("lsproxy.serve")
 
 BATCH_BYTES = 256 * 1024  # at most this much of the log per write: bounded latency and memory
 MAX_DISCARD_BYTES = 64 * 1024  # what a consumer may send after its GET before we hang up
-CLIENT_SLACK_BYTES = 1024 * 1024  # the consumer's own read buffers (gzip, line readers)
 MAX_UNYIELDED_BATCHES = 8  # at most ~2 MB written by one consumer before others get a turn
+SAMPLE_BYTES = 64 * 1024  # sample the socket after this many bytes (the replay's resolution)
+IDLE_SAMPLE_SECONDS = 0.1  # ... and on going idle, at most this often (consumers at the tail)
 
 
 @dataclass(frozen=True)
 class StreamSettings:
     heartbeat_interval: float
     write_timeout: float
-    replay_window_bytes: int | None  # None: derive from the socket and the kernel's limits
-
-
-@cache
-def _kernel_max_receive_buffer() -> int:
-    """The most a local consumer's kernel can buffer for it (autotuned or set)."""
-    best = 6 * 1024 * 1024
-    try:
-        with open("/proc/sys/net/ipv4/tcp_rmem") as f:
-            best = max(best, int(f.read().split()[2]))
-        with open("/proc/sys/net/core/rmem_max") as f:
-            best = max(best, 2 * int(f.read()))  # SO_RCVBUF is doubled by the kernel
-    except (OSError, ValueError, IndexError):
-        pass
-    return best
-
-
-def replay_window(stream: trio.abc.Stream, configured: int | None) -> int:
-    """Wire bytes that may be in flight to this consumer; see hub/cursors.py."""
-    if configured is not None:
-        return configured
-    send_buffer = 4 * 1024 * 1024
-    if isinstance(stream, trio.SocketStream):
-        send_buffer = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-    return send_buffer + _kernel_max_receive_buffer() + CLIENT_SLACK_BYTES
+    replay_window_bytes: int | None  # a fixed bound on the bytes in flight; None: sample the kernel
+    client_buffer_bytes: int = 1024 * 1024  # the consumer's own read buffers (gzip, line readers)
 
 
 async def serve_stream(
@@ -82,22 +65,40 @@ async def serve_stream(
     headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
     if encoder.content_encoding:
         headers.append((b"content-encoding", encoder.content_encoding.encode()))
+    probe = InflightProbe.open(http.stream, settings.client_buffer_bytes)
+    window = settings.replay_window_bytes
+    if window is None and probe is None:
+        window = replay_window(http.stream, settings.client_buffer_bytes)
     with trio.CancelScope() as scope:
-        sub = hub.subscribe(
-            request.consumer,
-            reset=request.reset,
-            start_at=hub.log.offset_at(request.since) if request.since is not None else None,
-            window_bytes=replay_window(http.stream, settings.replay_window_bytes),
-            cancel_scope=scope,
-        )
-        log.info("stream %s: consumer %s connected at offset %d", hub.name, sub.name, sub.start)
+        try:
+            sub = hub.subscribe(
+                request.consumer,
+                reset=request.reset,
+                start_at=hub.log.offset_at(request.since) if request.since is not None else None,
+                window_bytes=window,
+                cancel_scope=scope,
+            )
+        except TooManyConsumers:
+            limit = hub.book.max_named
+            log.info(
+                "stream %s: refused new consumer %s: %d named consumers already",
+                hub.name,
+                request.consumer,
+                limit,
+            )
+            reply = ErrorReply(
+                429, "too_many_consumers",
+                f"stream has {limit} named consumers (max_named_consumers); reuse an id or wait for consumer_ttl",
+            )  # fmt: skip
+            await http.send_error(reply, settings.write_timeout)
+            return
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_for_departure, http, nursery.cancel_scope)
                 try:
                     # The head goes out with the first bytes of the body.
                     head = http.start_body(200, headers) + http.body_chunk([encoder.start()])
-                    await _pump(http, hub, sub, encoder, settings, head)
+                    await _pump(http, hub, sub, encoder, settings, head, probe)
                 except ConnectionBroken as exc:
                     log.info("stream %s: consumer %s: %s", hub.name, sub.name, exc)
                 nursery.cancel_scope.cancel()
@@ -115,23 +116,37 @@ async def _pump(
     enc: Encoder,
     settings: StreamSettings,
     pending: bytes,
+    probe: InflightProbe | None,
 ) -> None:
     offset = sub.start
+    unsampled = 0  # bytes sent since the last in-flight sample
+    sampled_at = -math.inf
+
+    def sample() -> None:
+        nonlocal unsampled, sampled_at
+        if probe is not None and (bound := probe.unprocessed_bound()) is not None:
+            sub.observe(bound, probe.source)
+        unsampled, sampled_at = 0, trio.current_time()
+
     heartbeat = settings.heartbeat_interval if settings.heartbeat_interval > 0 else math.inf
     timeout = settings.write_timeout  # a consumer that accepts nothing this long is cut
     unyielded = 0  # batches written without a trip through the scheduler (send_parts' fast path)
     while True:
         batch = await hub.log.read(offset, BATCH_BYTES)
         if batch.start > offset:
-            sub.skipped(batch.start - offset)
+            sub.skipped(offset, batch.start)
             offset = batch.start
         if batch.count:
             parts = http.chunk_parts(enc.encode(batch), pending)
             pending = b""
             await http.send_parts(parts, timeout)
             offset = batch.end
-            if not sub.sent(offset, sum(map(len, parts))):
+            size = sum(map(len, parts))
+            if not sub.sent(offset, size):
                 return
+            unsampled += size
+            if unsampled >= SAMPLE_BYTES:
+                sample()
             unyielded += 1
             if unyielded >= MAX_UNYIELDED_BATCHES:
                 # A consumer far behind has batches ready for a long time: let others run.
@@ -144,6 +159,8 @@ async def _pump(
         if pending:
             await http.send(pending, timeout)
             pending = b""
+        if unsampled and trio.current_time() - sampled_at >= IDLE_SAMPLE_SECONDS:
+            sample()  # a consumer at the tail: what it has read of the batches just sent
         unyielded = 0
         with trio.move_on_after(heartbeat):
             await hub.log.wait_beyond(offset)
@@ -153,6 +170,7 @@ async def _pump(
         await http.send(wire, timeout)
         if not sub.sent(offset, len(wire)):
             return
+        sample()
 
 
 async def _watch_for_departure(http: HttpConnection, response_scope: trio.CancelScope) -> None:

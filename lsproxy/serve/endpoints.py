@@ -14,25 +14,30 @@ from typing import Any
 
 from lsproxy import __version__
 from lsproxy.hub.stream import StreamHub
+from lsproxy.serve.routes import ConsumerPage
 
 
 def _json(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, indent=1, sort_keys=False).encode() + b"\n"
 
 
-def render(name: str, hubs: Mapping[str, StreamHub], started_at: float) -> tuple[int, bytes]:
-    """(status code, JSON body) for one of the endpoints in ``routes.ENDPOINTS``."""
+def render(
+    name: str, hubs: Mapping[str, StreamHub], started_at: float, page: ConsumerPage | None = None
+) -> tuple[int, bytes]:
+    """(status code, JSON body) for one of the endpoints in ``routes.ENDPOINTS``; ``page``
+    says which consumers /status lists per stream."""
     if name == "healthz":
         return 200, _json({"status": "ok"})
     if name == "readyz":
         states = {stream: hub.state for stream, hub in hubs.items()}
         ready = all(state == "streaming" for state in states.values())
         return (200 if ready else 503), _json({"ready": ready, "streams": states})
+    page = page or ConsumerPage()
     now = time.time()
     return 200, _json(
         {
             "version": __version__,
             "uptime": round(now - started_at, 3),
-            "streams": {stream: hub.snapshot(now) for stream, hub in hubs.items()},
+            "streams": {stream: hub.snapshot(now, page.offset, page.limit) for stream, hub in hubs.items()},
         }
     )

@@ -20,6 +20,8 @@ from lsproxy.hub.cursors import Reset
 from lsproxy.serve.encoding import accepts_gzip
 
 ENDPOINTS = frozenset({"healthz", "readyz", "status"})
+STATUS_CONSUMERS = 200  # consumers listed per stream by /status unless asked otherwise
+MAX_STATUS_NUMBER = 10**9
 _STREAM_PATH = re.compile(r"^/api/[12]/stream/([^/]+)/?$")
 _CONSUMER_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
@@ -34,9 +36,18 @@ class StreamRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsumerPage:
+    """Which consumers /status lists per stream (most lagging first); limit None: all."""
+
+    offset: int = 0
+    limit: int | None = STATUS_CONSUMERS
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointRequest:
     name: str  # one of ENDPOINTS
     head: bool  # HEAD: same status and headers, no body
+    consumers: ConsumerPage = ConsumerPage()  # /status only
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +87,11 @@ class Router:
         if path.startswith("/") and path[1:] in ENDPOINTS:
             if method not in (b"GET", b"HEAD"):
                 return ErrorReply(405, "method_not_allowed", f"{path} accepts GET only")
+            if path == "/status" and parts.query:
+                page = status_page(parts.query)
+                if isinstance(page, ErrorReply):
+                    return page
+                return EndpointRequest("status", head=method == b"HEAD", consumers=page)
             return EndpointRequest(path[1:], head=method == b"HEAD")
         match = _STREAM_PATH.match(path)
         if match is None:
@@ -136,6 +152,28 @@ class Router:
         return StreamRequest(
             stream, consumer, cast(Reset | None, reset), accepts_gzip(accept_encoding), since
         )
+
+
+def status_page(query: str) -> ConsumerPage | ErrorReply:
+    """/status?consumers=all, or ?offset=N&limit=N (consumers per stream, most lagging first)."""
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    offset, limit = 0, STATUS_CONSUMERS
+    for name in ("offset", "limit"):
+        if name in params:
+            value = params[name]
+            if not (value.isascii() and value.isdigit() and len(value) <= 9):
+                return ErrorReply(
+                    400, "invalid_parameter", f"{name} must be a number from 0 to {MAX_STATUS_NUMBER - 1}"
+                )
+            if name == "offset":
+                offset = int(value)
+            else:
+                limit = int(value)
+    if "consumers" in params:
+        if params["consumers"] != "all":
+            return ErrorReply(400, "invalid_parameter", "consumers must be all (or use offset and limit)")
+        return ConsumerPage(offset, None)
+    return ConsumerPage(offset, limit)
 
 
 def parse_since(value: str) -> float | None:

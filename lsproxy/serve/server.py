@@ -134,7 +134,7 @@ class ConsumerServer:
                 await serve_stream(http, self.hubs[route.stream], route, self.stream_settings)
                 return
             assert isinstance(route, EndpointRequest)
-            status, body = endpoints.render(route.name, self.hubs, self.started_at)
+            status, body = endpoints.render(route.name, self.hubs, self.started_at, route.consumers)
             headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
             if not _keep_alive(request):
                 headers.append((b"connection", b"close"))

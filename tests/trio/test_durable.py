@@ -174,11 +174,11 @@ async def test_offset_at(tmp_path: Path) -> None:
 
 async def test_cursors_and_meta_persist_with_commits(tmp_path: Path) -> None:
     log = await open_log(tmp_path)
-    cursors = {f"consumer-{i}": (i, i % 3) for i in range(1_000)}
+    cursors = {f"consumer-{i}": (i, i % 3, 1.5e9) for i in range(1_000)}
     log.save_cursors(cursors)
     log.set_meta("last_alive_at", "1700000000.5")
     await log.commit_now()
-    cursors["consumer-5"] = (55, 1)
+    cursors["consumer-5"] = (55, 1, 1.5e9)
     log.save_cursors(cursors)
     await log.commit_now()
     with pytest.raises(ValueError):
@@ -186,10 +186,24 @@ async def test_cursors_and_meta_persist_with_commits(tmp_path: Path) -> None:
     await log.aclose()
     with closing(sqlite3.connect(tmp_path / "s.sqlite3")) as conn:
         stamps = conn.execute("SELECT count(DISTINCT updated_at), count(*) FROM cursors").fetchone()
-    assert stamps == (1, 1_000)  # one clock here; the unit test checks that only changed ones are written
+    assert stamps == (1, 1_000)  # one "last seen"; the unit test checks that only changed ones are written
     log = await open_log(tmp_path)
     assert log.load_cursors() == cursors
     assert log.get_meta("last_alive_at") == "1700000000.5" and log.get_meta("nope") is None
+    await log.aclose()
+
+
+async def test_forgotten_cursors_are_deleted_unless_they_came_back(tmp_path: Path) -> None:
+    log = await open_log(tmp_path)
+    log.save_cursors({"a": (1, 0, 10.0), "b": (2, 0, 10.0), "c": (3, 0, 10.0)})
+    await log.commit_now()
+    log.forget_cursors(["a", "b"])  # consumer_ttl: the book forgot them...
+    log.save_cursors({"b": (7, 0, 20.0), "c": (3, 0, 10.0)})  # ...and "b" connected again since
+    await log.commit_now()
+    assert log.load_cursors() == {"b": (7, 0, 20.0), "c": (3, 0, 10.0)}
+    await log.aclose()
+    log = await open_log(tmp_path)
+    assert log.load_cursors() == {"b": (7, 0, 20.0), "c": (3, 0, 10.0)}
     await log.aclose()
 
 
@@ -281,7 +295,7 @@ async def main(path):
             count = 1 + n % 7
             log.append(records(n, count), time.time())
             n += count
-            log.save_cursors({"c": (n, 0)})
+            log.save_cursors({"c": (n, 0, 1.0)})
             await trio.sleep(0.0005)
             print("committed", log.committed_offset, flush=True)
 trio.run(main, sys.argv[1])
@@ -319,7 +333,7 @@ async def test_sigkill_keeps_exactly_the_completed_commits(tmp_path: Path) -> No
         got, _, skipped = await read_all(log)
         assert skipped == 0 and got == [b'{"n":%d}' % i for i in range(end)]
         # The cursor was saved with the records: both come from the same (last) commit.
-        assert log.load_cursors() == {"c": (end, 0)}
+        assert log.load_cursors() == {"c": (end, 0, 1.0)}
         await log.aclose()
         previous = end
 

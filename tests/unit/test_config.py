@@ -63,6 +63,9 @@ request_timeout = 7
 write_timeout = 45
 shutdown_grace = 2
 replay_window_bytes = 1048576
+client_buffer_bytes = 65536
+max_named_consumers = 500
+consumer_ttl = 86400
 
 [storage]
 dir = "/var/lib/lsproxy"
@@ -127,6 +130,9 @@ def test_full_config_round_trip() -> None:
         write_timeout=45.0,
         shutdown_grace=2.0,
         replay_window_bytes=1048576,
+        client_buffer_bytes=65536,
+        max_named_consumers=500,
+        consumer_ttl=86400.0,
     )
     assert cfg.storage == StorageConfig(
         dir="/var/lib/lsproxy",
@@ -210,6 +216,8 @@ def test_defaults() -> None:
     assert cfg.server == ServerConfig()
     assert cfg.server.host == "127.0.0.1" and cfg.server.port == 8080
     assert cfg.server.replay_window_bytes is None
+    assert cfg.server.client_buffer_bytes == 1024 * 1024
+    assert cfg.server.max_named_consumers == 10_000 and cfg.server.consumer_ttl == 7 * 86400.0
     (stream,) = cfg.streams
     assert stream.upstream == UpstreamSettings()
     assert stream.upstream == UpstreamSettings(60.0, 900.0, 10.0, 0.0, 60.0, 1, False, None, 200_000, 900.0)
@@ -634,6 +642,52 @@ ERROR_CASES: list[tuple[str, str, str]] = [
         "replay window bool",
         "[server]\nreplay_window_bytes = false\n" + MINIMAL,
         'server.replay_window_bytes: expected "auto" or an integer >= 0 (bytes), got boolean false',
+    ),
+    # -- named consumers and the client allowance
+    (
+        "max named consumers zero",
+        "[server]\nmax_named_consumers = 0\n" + MINIMAL,
+        "server.max_named_consumers: must be >= 1, got 0",
+    ),
+    (
+        "max named consumers float",
+        "[server]\nmax_named_consumers = 1e4\n" + MINIMAL,
+        "server.max_named_consumers: expected an integer number of consumers, got float 10000.0",
+    ),
+    (
+        "max named consumers string",
+        '[server]\nmax_named_consumers = "many"\n' + MINIMAL,
+        'server.max_named_consumers: expected an integer number of consumers, got string "many"',
+    ),
+    (
+        "consumer ttl negative",
+        "[server]\nconsumer_ttl = -1\n" + MINIMAL,
+        "server.consumer_ttl: must be >= 0 seconds, got -1",
+    ),
+    (
+        "consumer ttl string",
+        '[server]\nconsumer_ttl = "7d"\n' + MINIMAL,
+        'server.consumer_ttl: expected a number of seconds, got string "7d"',
+    ),
+    (
+        "consumer ttl infinite",
+        "[server]\nconsumer_ttl = inf\n" + MINIMAL,
+        "server.consumer_ttl: expected a finite number of seconds, got inf",
+    ),
+    (
+        "client buffer negative",
+        "[server]\nclient_buffer_bytes = -5\n" + MINIMAL,
+        "server.client_buffer_bytes: must be >= 0, got -5",
+    ),
+    (
+        "client buffer bool",
+        "[server]\nclient_buffer_bytes = true\n" + MINIMAL,
+        "server.client_buffer_bytes: expected an integer number of bytes, got boolean true",
+    ),
+    (
+        "consumer ttl in upstream",
+        "[upstream]\nconsumer_ttl = 60\n" + MINIMAL,
+        "upstream.consumer_ttl: unknown key (consumer_ttl belongs in [server])",
     ),
     # -- retention
     (

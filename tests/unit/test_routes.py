@@ -3,7 +3,7 @@
 import pytest
 
 from lsproxy.serve.encoding import accepts_gzip
-from lsproxy.serve.routes import EndpointRequest, ErrorReply, Router, StreamRequest
+from lsproxy.serve.routes import ConsumerPage, EndpointRequest, ErrorReply, Router, StreamRequest
 
 ROUTER = Router({"prod": "prod", "adobe-livestream-acme-prod": "prod", "acmeprod": "prod", "dev": "dev"})
 GZ = [(b"accept-encoding", b"gzip")]
@@ -101,3 +101,26 @@ def test_since_parameter(value: str, expected: float | None) -> None:
         assert isinstance(got, ErrorReply) and got.status == 400 and "since" in got.description
     else:
         assert isinstance(got, StreamRequest) and got.since == expected
+
+
+def test_status_lists_a_page_of_consumers() -> None:
+    assert route("/status") == EndpointRequest("status", head=False, consumers=ConsumerPage(0, 200))
+    assert route("/status?consumers=all").consumers == ConsumerPage(0, None)
+    assert route("/status?offset=200&limit=50").consumers == ConsumerPage(200, 50)
+    assert route("/status?offset=400").consumers == ConsumerPage(400, 200)
+    assert route("/status?consumers=all&offset=5").consumers == ConsumerPage(5, None)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/status?limit=-1",
+        "/status?offset=x",
+        "/status?limit=%C2%B2",
+        "/status?limit=" + "9" * 50,
+        "/status?consumers=some",
+    ],
+)
+def test_status_page_parameters_are_checked(target: str) -> None:
+    reply = route(target)
+    assert isinstance(reply, ErrorReply) and reply.status == 400 and reply.error == "invalid_parameter"

@@ -49,7 +49,7 @@ def fill(path: str, rows: int, per_row: int = 20, size: int = 200) -> Store:
     store.load(0)
     for first in range(0, rows * per_row, per_row):
         seg = make_segment(first, records(first, per_row, size), float(first))
-        store.commit(work([seg], cursors={"c": (seg.end, 0)}, meta={"k": str(seg.end)}))
+        store.commit(work([seg], cursors={"c": (seg.end, 0, 5.0)}, meta={"k": str(seg.end)}))
     return store
 
 
@@ -92,7 +92,7 @@ def test_commit_load_round_trip(tmp_path: Path) -> None:
     assert split(b"".join(s.data for s in loaded.tail)) == records(
         loaded.tail[0].first, 800 - loaded.tail[0].first, 200
     )
-    assert loaded.cursors == {"c": (800, 0)}
+    assert loaded.cursors == {"c": (800, 0, 5.0)}
     assert loaded.meta == {"k": "800", "last_lost_at": "12.5"}  # the end marker is not meta
 
 
@@ -118,15 +118,17 @@ def test_only_changed_cursors_are_written(tmp_path: Path) -> None:
     path = str(tmp_path / "s.sqlite3")
     store = Store(path)
     store.load(0)
-    cursors = {f"consumer-{i}": (i, 0) for i in range(1_000)}
+    cursors = {f"consumer-{i}": (i, 0, 1.0) for i in range(1_000)}
     store.commit(Commit([], 0, 0, cursors, {}, 1.0))
-    store.commit(Commit([], 0, 0, {"consumer-7": (70, 1)}, {}, 2.0))
+    store.commit(Commit([], 0, 0, {"consumer-7": (70, 1, 2.0)}, {}, 2.0))
+    store.commit(Commit([], 0, 0, {"consumer-8": (80, 0, 3.0)}, {}, 3.0, forget=["consumer-9", "consumer-8"]))
     store.close()
     loaded = Store(path).load(0)
-    assert loaded.cursors == {**cursors, "consumer-7": (70, 1)}
+    del cursors["consumer-9"]  # forgotten (consumer_ttl); consumer-8 came back in the same commit
+    assert loaded.cursors == {**cursors, "consumer-7": (70, 1, 2.0), "consumer-8": (80, 0, 3.0)}
     with sqlite3.connect(path) as conn:
         stamps = dict(conn.execute("SELECT updated_at, count(*) FROM cursors GROUP BY updated_at").fetchall())
-    assert stamps == {1.0: 999, 2.0: 1}
+    assert stamps == {1.0: 997, 2.0: 1, 3.0: 1}
 
 
 def test_read_rows_skips_an_unreadable_row(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
