@@ -14,7 +14,8 @@ Per restart, the *duplicates* are the records a life received that an earlier
 life of the same consumer had already processed; a *gap* is a sequence number
 missing from the union of a consumer's lives. The proxy's RSS is sampled every
 5 s. ``--src DIR`` runs the proxy from another source tree (e.g. an older
-commit exported with ``git archive``) to compare before and after.
+commit exported with ``git archive``) to compare before and after;
+``--client-buffer N`` sets ``[server] client_buffer_bytes``.
 
 Run: ``python -m bench.replay_bench [--consumers 10 --seconds 180 ...]``.
 """
@@ -40,10 +41,12 @@ TOKEN = "bench-token"
 CLIENT = ROOT / "tests" / "clients" / "py_consumer.py"
 
 
-def proxy_config(port: int, upstream: int, storage: Path, retention: int) -> str:
+def proxy_config(port: int, upstream: int, storage: Path, retention: int, client_buffer: int | None) -> str:
+    allowance = "" if client_buffer is None else f"client_buffer_bytes = {client_buffer}"
     return f"""
 [server]
 listen = "127.0.0.1:{port}"
+{allowance}
 [storage]
 dir = "{storage}"
 retention_bytes = {retention}
@@ -126,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-max", type=float, default=60.0)
     parser.add_argument("--retention-mb", type=int, default=128)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--client-buffer", type=int, help="[server] client_buffer_bytes (default: the proxy's)"
+    )
     parser.add_argument("--src", type=Path, default=ROOT, help="source tree the proxy runs from")
     parser.add_argument("--label", default="", help="a name for this run in the output")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -141,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     wait_port(sim_port)
     config = workdir / "proxy.toml"
-    config.write_text(proxy_config(proxy_port, sim_port, workdir / "data", args.retention_mb * 1024 * 1024))
+    config.write_text(
+        proxy_config(
+            proxy_port, sim_port, workdir / "data", args.retention_mb * 1024 * 1024, args.client_buffer
+        )
+    )
     env = {**os.environ, "PYTHONPATH": str(args.src.resolve())}
     proxy = spawn(
         [sys.executable, "-m", "lsproxy", "run", "--config", str(config), "--log-level", "info"],

@@ -90,23 +90,27 @@ class InflightProbe:
 
 
 def replay_window(stream: trio.abc.Stream, client_buffer_bytes: int) -> int:
-    """The fixed bound when the kernel cannot be sampled: our send buffer + the largest
-    receive buffer a peer on this host can have + the client's own buffers."""
-    send_buffer = 4 * 1024 * 1024
+    """The fixed bound when the kernel cannot be sampled: our largest possible send
+    buffer + the largest receive buffer a peer on this host can have + the client's own."""
+    send_buffer = _kernel_max_buffer("tcp_wmem", "wmem_max", 4 * 1024 * 1024)
     if isinstance(stream, trio.SocketStream):
         send_buffer = max(send_buffer, stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
     return send_buffer + kernel_max_receive_buffer() + client_buffer_bytes
 
 
-@cache
 def kernel_max_receive_buffer() -> int:
     """The most a local consumer's kernel can buffer for it (autotuned or set)."""
-    best = 6 * 1024 * 1024
+    return _kernel_max_buffer("tcp_rmem", "rmem_max", 6 * 1024 * 1024)
+
+
+@cache
+def _kernel_max_buffer(tcp_key: str, core_key: str, floor: int) -> int:
+    best = floor
     try:
-        with open("/proc/sys/net/ipv4/tcp_rmem") as f:
+        with open(f"/proc/sys/net/ipv4/{tcp_key}") as f:
             best = max(best, int(f.read().split()[2]))
-        with open("/proc/sys/net/core/rmem_max") as f:
-            best = max(best, 2 * int(f.read()))  # SO_RCVBUF is doubled by the kernel
+        with open(f"/proc/sys/net/core/{core_key}") as f:
+            best = max(best, 2 * int(f.read()))  # SO_SNDBUF/SO_RCVBUF are doubled by the kernel
     except (OSError, ValueError, IndexError):
         pass
     return best
