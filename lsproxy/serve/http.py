@@ -52,6 +52,8 @@ class HttpConnection:
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         self._broken = False
+        # h11 refuses a body in the answer to HEAD: every response here leaves it out.
+        self._answering_head = False
 
     @property
     def can_send_head(self) -> bool:
@@ -79,6 +81,7 @@ class HttpConnection:
                     return None  # idle keep-alive connection: just close
                 return ErrorReply(408, "request_timeout", "request head not received in time")
             if isinstance(event, h11.Request):
+                self._answering_head = event.method == b"HEAD"
                 # h11 caps only an *incomplete* head; one that arrived whole is measured here.
                 size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
                 if size > MAX_REQUEST_HEAD:
@@ -160,12 +163,10 @@ class HttpConnection:
         response = h11.Response(status_code=status, headers=all_headers, reason=reason)
         return self.conn.send(response) or b""
 
-    async def send_response(
-        self, status: int, headers: Headers, body: bytes, *, head_only: bool = False, timeout: float = 0
-    ) -> None:
-        """A complete response with Content-Length."""
+    async def send_response(self, status: int, headers: Headers, body: bytes, *, timeout: float = 0) -> None:
+        """A complete response with Content-Length; to a HEAD request, the same without the body."""
         data = self._head(status, [*headers, (b"content-length", str(len(body)).encode())])
-        if not head_only:
+        if not self._answering_head:
             data += self.conn.send(h11.Data(data=body)) or b""
         data += self.conn.send(h11.EndOfMessage()) or b""
         await self.send(data, timeout)
@@ -175,6 +176,8 @@ class HttpConnection:
         if not self.can_send_head:
             return
         headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        if reply.allow:
+            headers.append((b"allow", reply.allow))
         with contextlib.suppress(ConnectionBroken, h11.LocalProtocolError):
             await self.send_response(reply.status, headers, error_body(reply), timeout=timeout)
 

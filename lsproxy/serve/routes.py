@@ -8,7 +8,6 @@ validates them, then dropped: the upstream request is the proxy's own.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,8 +19,14 @@ from lsproxy.hub.cursors import Reset
 from lsproxy.serve.encoding import accepts_gzip
 
 ENDPOINTS = frozenset({"healthz", "readyz", "status"})
-_STREAM_PATH = re.compile(r"^/api/[12]/stream/([^/]+)/?$")
-_CONSUMER_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+# Any small API version: the "firehose" generation of clients asks for /api/0/stream/<X>.
+_STREAM_PATH = re.compile(r"/api/[0-9]{1,2}/stream/([^/]+)/?")
+_CONSUMER_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+# ASCII digits only (str.isdigit() also takes "²" and "٣"), and few of them: int() of
+# thousands of digits is slow, and past 4300 it raises.
+_INT = re.compile(r"[0-9]{1,6}")
+_UNIX_SECONDS = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+_MAX_SINCE = 64  # characters: the longest ISO-8601 form is about 35
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +49,18 @@ class ErrorReply:
     status: int
     error: str
     description: str
+    allow: bytes = b""  # the Allow header of a 405
 
 
 Route = StreamRequest | EndpointRequest | ErrorReply
 
 
 def _int_param(name: str, value: str, low: int, high: int) -> ErrorReply | None:
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not _INT.fullmatch(value) or not low <= int(value) <= high:
         return ErrorReply(
-            400, "invalid_parameter", f"{name} must be an integer from {low} to {high}, got {value!r}"
+            400,
+            "invalid_parameter",
+            f"{name} must be an integer from {low} to {high}, got {value[:64]!r}",
         )
     return None
 
@@ -75,9 +83,11 @@ class Router:
         path = parts.path
         if path.startswith("/") and path[1:] in ENDPOINTS:
             if method not in (b"GET", b"HEAD"):
-                return ErrorReply(405, "method_not_allowed", f"{path} accepts GET only")
+                return ErrorReply(
+                    405, "method_not_allowed", f"{path} accepts GET and HEAD only", allow=b"GET, HEAD"
+                )
             return EndpointRequest(path[1:], head=method == b"HEAD")
-        match = _STREAM_PATH.match(path)
+        match = _STREAM_PATH.fullmatch(path)
         if match is None:
             return ErrorReply(404, "not_found", f"no such path {path!r}; streams are at /api/1/stream/<name>")
         key = unquote(match.group(1))
@@ -86,7 +96,9 @@ class Router:
             known = ", ".join(sorted(self._routes)) or "none"
             return ErrorReply(404, "not_found", f"no stream named {key!r} (known: {known})")
         if method != b"GET":
-            return ErrorReply(405, "method_not_allowed", "Live Stream endpoints accept GET only")
+            return ErrorReply(
+                405, "method_not_allowed", "Live Stream endpoints accept GET only", allow=b"GET"
+            )
         if http_version != b"1.1":
             return ErrorReply(505, "http_version_not_supported", "a stream needs HTTP/1.1 (chunked encoding)")
         return self._stream_request(stream, parts.query, headers)
@@ -127,7 +139,7 @@ class Router:
                 consumer = header_id
             elif header == b"accept-encoding":
                 accept_encoding += raw.decode("latin-1") + ","
-        if consumer is not None and not _CONSUMER_ID.match(consumer):
+        if consumer is not None and not _CONSUMER_ID.fullmatch(consumer):
             return ErrorReply(
                 400,
                 "invalid_parameter",
@@ -139,16 +151,16 @@ class Router:
 
 
 def parse_since(value: str) -> float | None:
-    """Unix seconds (``1700000000``, ``1700000000.5``) or ISO-8601 with a zone
-    (``2026-11-26T18:00:00Z``, ``...+01:00``); None when it is neither."""
+    """Unix seconds (``1700000000``, ``1700000000.5``: ASCII digits) or ISO-8601 with a
+    zone (``2026-11-26T18:00:00Z``, ``...+01:00``); None when it is neither."""
+    if _UNIX_SECONDS.fullmatch(value):
+        return float(value)
+    if len(value) > _MAX_SINCE or not value.isascii() or not value[:1].isdigit():
+        return None  # float() would also take "nan", "1e9", "1_0" and non-ASCII digits
     try:
-        seconds = float(value)
+        moment = datetime.fromisoformat(value)
     except ValueError:
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        if moment.tzinfo is None:
-            return None  # a local time would depend on the proxy's zone: refuse it
-        return moment.timestamp()
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+        return None
+    if moment.tzinfo is None:
+        return None  # a local time would depend on the proxy's zone: refuse it
+    return moment.timestamp()

@@ -138,14 +138,20 @@ class ConsumerServer:
             headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
             if not _keep_alive(request):
                 headers.append((b"connection", b"close"))
-            await http.send_response(status, headers, body, head_only=route.head, timeout=ERROR_WRITE_TIMEOUT)
+            await http.send_response(status, headers, body, timeout=ERROR_WRITE_TIMEOUT)
             if not http.next_cycle():
                 return
             timeout = KEEPALIVE_IDLE
 
 
 def _keep_alive(request: h11.Request) -> bool:
+    names = set()
     for name, value in request.headers:
         if name == b"connection" and b"close" in value.lower():
             return False
+        names.add(name)
+    if b"content-length" in names and b"transfer-encoding" in names:
+        # The request smuggling shape: another parser may frame this body differently,
+        # so nothing after it on this connection can be trusted (RFC 9112 6.3).
+        return False
     return request.http_version == b"1.1"

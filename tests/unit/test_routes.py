@@ -14,7 +14,15 @@ def route(target: str, method: bytes = b"GET", version: bytes = b"1.1", headers=
 
 
 @pytest.mark.parametrize(
-    "target", ["/api/1/stream/prod", "/api/2/stream/acmeprod", "/api/1/stream/adobe-livestream-acme-prod/"]
+    "target",
+    [
+        "/api/1/stream/prod",
+        "/api/2/stream/acmeprod",
+        "/api/1/stream/adobe-livestream-acme-prod/",
+        "/api/0/stream/prod",  # the "firehose" generation of clients
+        "/api/9/stream/acmeprod",
+        "/api/10/stream/prod",
+    ],
 )
 def test_stream_routes_by_name_endpoint_or_suite(target: str) -> None:
     assert route(target, headers=GZ) == StreamRequest("prod", None, None, True)
@@ -45,6 +53,11 @@ def test_consumer_id_from_query_or_header_and_reset() -> None:
         ("/api/1/stream/prod?consumer=has%20space", b"GET", b"1.1", 400),
         ("/api/1/stream/prod?reset=smallest&reset=largest", b"GET", b"1.1", 400),
         ("/healthz", b"POST", b"1.1", 405),
+        ("/api/123/stream/prod", b"GET", b"1.1", 404),
+        ("/api/x/stream/prod", b"GET", b"1.1", 404),
+        ("/api//stream/prod", b"GET", b"1.1", 404),
+        ("/api/%D9%A3/stream/prod", b"GET", b"1.1", 404),
+        ("/api/1/stream/prod?consumer=c1%0A", b"GET", b"1.1", 400),
     ],
 )
 def test_errors(target: str, method: bytes, version: bytes, status: int) -> None:
@@ -101,3 +114,59 @@ def test_since_parameter(value: str, expected: float | None) -> None:
         assert isinstance(got, ErrorReply) and got.status == 400 and "since" in got.description
     else:
         assert isinstance(got, StreamRequest) and got.since == expected
+
+
+@pytest.mark.parametrize("name", ["maxConnections", "smoothingBucketSize"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "%C2%B2",  # "²": str.isdigit() says yes, int() says no
+        "%D9%A3",  # Arabic-Indic three: int() would take it as 3
+        "%EF%BC%93",  # fullwidth three
+        "9" * 5000,  # int() refuses more than 4300 digits
+        "1" + "0" * 40,
+        "1%0A",
+        "%201",
+        "+1",
+        "-1",
+        "1.0",
+        "",
+    ],
+)
+def test_integer_parameters_take_ascii_digits_only(name: str, value: str) -> None:
+    got = route(f"/api/1/stream/prod?{name}={value}")
+    assert isinstance(got, ErrorReply), got
+    assert got.status == 400 and name in got.description
+    assert len(got.description) < 200  # a huge value is not echoed whole
+
+
+def test_integer_parameters_accept_plain_ascii_digits() -> None:
+    got = route("/api/1/stream/prod?maxConnections=03&smoothingBucketSize=000270")
+    assert isinstance(got, StreamRequest)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "%D9%A1%D9%A7%D9%A0%D9%A0%D9%A0%D9%A0%D9%A0%D9%A0%D9%A0%D9%A0",  # Arabic-Indic digits
+        "1e9",
+        "1_700_000_000",
+        "%201700000000",
+        "1700000000%0A",
+        "9" * 5000,
+        "2023-11-14T22:13:20Z" + "0" * 5000,
+        "infinity",
+        "0x10",
+    ],
+)
+def test_since_refuses_what_float_would_stretch_to(value: str) -> None:
+    got = route(f"/api/1/stream/prod?consumer=c&since={value}")
+    assert isinstance(got, ErrorReply), got
+    assert got.status == 400 and "since" in got.description
+
+
+def test_method_not_allowed_says_what_is() -> None:
+    head = route("/api/1/stream/prod", method=b"HEAD")
+    assert isinstance(head, ErrorReply) and head.status == 405 and head.allow == b"GET"
+    post = route("/status", method=b"POST")
+    assert isinstance(post, ErrorReply) and post.status == 405 and post.allow == b"GET, HEAD"
