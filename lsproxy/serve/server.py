@@ -32,6 +32,66 @@ ERROR_WRITE_TIMEOUT = 5.0
 _TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
+class AcceptTrouble:
+    """What a run of failed accepts deserves: a pause, and a few log lines.
+
+    Out of file descriptors, every accept fails at once for as long as a
+    connection waits in the listen queue: retrying at a fixed pace spins and
+    floods the log. The pause doubles from ``FIRST_PAUSE`` to ``MAX_PAUSE`` and
+    restarts after a success. The first failure is logged; after that at most
+    one line per ``REPORT_INTERVAL``, counting the failures since the previous
+    one (so failures between successes go into the next line, if any comes),
+    and one when accepts succeed again after a reported failure. Pure: the
+    caller passes the time.
+    """
+
+    FIRST_PAUSE = 0.1
+    MAX_PAUSE = 1.0
+    REPORT_INTERVAL = 60.0
+
+    def __init__(self) -> None:
+        self.pause = 0.0
+        self.failures = 0  # in the current run, since its first failure
+        self.unreported = 0  # failures no log line has counted yet
+        self._run_started: float | None = None
+        self._reported_run = False  # this run's failures were logged
+        self._last_report: float | None = None
+
+    def failed(self, now: float, reason: str) -> tuple[float, str | None]:
+        """The pause before the next accept, and an ERROR line to log (or None)."""
+        self.pause = min(self.MAX_PAUSE, self.pause * 2) if self.pause else self.FIRST_PAUSE
+        self.failures += 1
+        self.unreported += 1
+        if self._run_started is None:
+            self._run_started = now
+        if self._last_report is not None and now - self._last_report < self.REPORT_INTERVAL:
+            return self.pause, None
+        if self.unreported == 1:
+            line = (
+                f"accept failed ({reason}); new consumers wait in the listen queue; "
+                f"retrying with a pause of up to {self.MAX_PAUSE:g} s, "
+                f"reporting at most once every {self.REPORT_INTERVAL:g} s"
+            )
+        else:
+            line = f"accept failed {self.unreported} times since the last report ({reason}); still retrying"
+        self.unreported = 0
+        self._last_report = now
+        self._reported_run = True
+        return self.pause, line
+
+    def accepted(self, now: float) -> str | None:
+        """A connection was accepted: an INFO line if a reported run of failures ended."""
+        if self._run_started is None:
+            return None
+        line = None
+        if self._reported_run:
+            line = f"accepting again after {self.failures} failed accepts in {now - self._run_started:.1f} s"
+            self.unreported = 0
+        self.pause, self.failures = 0.0, 0
+        self._run_started, self._reported_run = None, False
+        return line
+
+
 class ConsumerServer:
     def __init__(
         self,
@@ -87,15 +147,21 @@ class ConsumerServer:
         self._handlers.cancel()
 
     async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+        trouble = AcceptTrouble()
         while True:
             try:
                 stream = await listener.accept()
             except OSError as exc:
                 if exc.errno not in _TRANSIENT_ACCEPT_ERRORS:
                     raise
-                log.error("accept failed (%s); retrying in 0.1 s", exc)
-                await trio.sleep(0.1)
+                reason = f"{errno.errorcode.get(exc.errno, exc.errno)}: {exc.strerror or exc}"
+                pause, line = trouble.failed(trio.current_time(), reason)
+                if line is not None:
+                    log.error("%s", line)
+                await trio.sleep(pause)
                 continue
+            if (line := trouble.accepted(trio.current_time())) is not None:
+                log.info("%s", line)
             self.connections += 1
             handlers.start_soon(self._handle, stream)
 
