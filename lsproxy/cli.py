@@ -17,51 +17,41 @@ from lsproxy.config import Config, load_config
 from lsproxy.errors import BindError, ConfigError
 from lsproxy.hub.store import StoreError
 from lsproxy.hub.store_files import PID_NAME, read_pid_file
+from lsproxy.secret import redact
 from lsproxy.simulator import SimSettings
 
 log = logging.getLogger("lsproxy")
 
 
 class _RedactSecrets(logging.Filter):
-    """Belt and braces: no configured secret value reaches a log line, whatever logged it."""
-
-    def __init__(self, secrets: Sequence[str]) -> None:
-        super().__init__()
-        self.secrets: list[str] = []
-        self.add(secrets)
-
-    def add(self, secrets: Sequence[str]) -> None:
-        # Too short to mask without mangling every line (and too short to be a real token).
-        self.secrets += [s for s in secrets if len(s) >= 6 and s not in self.secrets]
+    """Second line of defence: no secret the process holds (``lsproxy.secret.redact``)
+    reaches a log line, whatever logged it and whatever it quoted. Text from outside is
+    redacted where it enters already; this catches what a bug or a traceback lets by."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        hit = False
-        for secret in self.secrets:
-            if secret in message or (record.exc_text and secret in record.exc_text):
-                hit = True
-                message = message.replace(secret, "***")
-                if record.exc_text:
-                    record.exc_text = record.exc_text.replace(secret, "***")
-        if hit:
-            record.msg, record.args = message, None
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
 
 
-def configure_logging(level: str, secrets: Sequence[str] = ()) -> _RedactSecrets:
+def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    redact = _RedactSecrets(secrets)
-    handler.addFilter(redact)
+    handler.addFilter(_RedactSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # httpx logs every request line at INFO; ours say more, and say it once.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
-    return redact
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,24 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(config)
     if args.command == "reload":
         return _signal_running_proxy(config)
-    redact = configure_logging(args.log_level, _secret_values(config))
+    configure_logging(args.log_level)
     for warning in config.warnings:
         log.warning("%s", warning)
     proxy = Proxy(config)
     try:
-        return trio.run(_serve_proxy, proxy, args.config, redact)
+        return trio.run(_serve_proxy, proxy, args.config)
     except* (BindError, StoreError) as group:
         log.error("%s", _first_leaf(group))
     return 1
-
-
-def _secret_values(config: Config) -> list[str]:
-    values = []
-    for stream in config.streams:
-        creds = stream.credentials
-        oauth_secret = creds.oauth.client_secret if creds.oauth else None
-        values += [s.reveal() for s in (creds.token, creds.api_key, oauth_secret) if s is not None]
-    return values
 
 
 def _signal_running_proxy(config: Config) -> int:
@@ -154,17 +135,17 @@ def _check(config: Config) -> int:
     return 0
 
 
-async def _serve_proxy(proxy: Proxy, config_path: str, redact: _RedactSecrets) -> int:
+async def _serve_proxy(proxy: Proxy, config_path: str) -> int:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signal, proxy.request_shutdown)
-        nursery.start_soon(_reload_on_sighup, proxy, config_path, redact)
+        nursery.start_soon(_reload_on_sighup, proxy, config_path)
         await proxy.run()
         nursery.cancel_scope.cancel()
     log.info("stopped")
     return 0
 
 
-async def _reload_on_sighup(proxy: Proxy, config_path: str, redact: _RedactSecrets) -> None:
+async def _reload_on_sighup(proxy: Proxy, config_path: str) -> None:
     with trio.open_signal_receiver(signal.SIGHUP) as signals:
         async for _ in signals:
             log.info("received SIGHUP: reloading %s", config_path)
@@ -173,7 +154,6 @@ async def _reload_on_sighup(proxy: Proxy, config_path: str, redact: _RedactSecre
             except ConfigError as exc:
                 log.error("config reload rejected, the running config stays: %s", exc)
                 continue
-            redact.add(_secret_values(config))
             for warning in config.warnings:
                 log.warning("%s", warning)
             changes = await proxy.reload(config)

@@ -22,6 +22,7 @@ import h11
 import trio
 
 from lsproxy import __version__
+from lsproxy.secret import redact
 from lsproxy.serve.routes import ErrorReply
 
 MAX_REQUEST_HEAD = 16 * 1024
@@ -71,7 +72,8 @@ class HttpConnection:
                 status = exc.error_status_hint
                 if status == 431:
                     return ErrorReply(431, "request_header_fields_too_large", "request head over 16 KiB")
-                return ErrorReply(status, "bad_request", f"malformed HTTP request: {exc}")
+                # h11 quotes the offending line, which may hold a consumer's credentials.
+                return ErrorReply(status, "bad_request", redact(f"malformed HTTP request: {exc}"))
             if event is h11.NEED_DATA:
                 with trio.move_on_at(deadline):
                     data = await self._receive()

@@ -16,6 +16,7 @@ from typing import cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from lsproxy.hub.cursors import Reset
+from lsproxy.secret import redact
 from lsproxy.serve.encoding import accepts_gzip
 
 ENDPOINTS = frozenset({"healthz", "readyz", "status"})
@@ -55,12 +56,18 @@ class ErrorReply:
 Route = StreamRequest | EndpointRequest | ErrorReply
 
 
+def _echo(value: str) -> str:
+    """Consumer text quoted in an error (sent back and logged): secrets masked, bounded."""
+    shown = redact(value)
+    return repr(shown if len(shown) <= 64 else shown[:64] + "…")
+
+
 def _int_param(name: str, value: str, low: int, high: int) -> ErrorReply | None:
     if not _INT.fullmatch(value) or not low <= int(value) <= high:
         return ErrorReply(
             400,
             "invalid_parameter",
-            f"{name} must be an integer from {low} to {high}, got {value[:64]!r}",
+            f"{name} must be an integer from {low} to {high}, got {_echo(value)}",
         )
     return None
 
@@ -89,12 +96,14 @@ class Router:
             return EndpointRequest(path[1:], head=method == b"HEAD")
         match = _STREAM_PATH.fullmatch(path)
         if match is None:
-            return ErrorReply(404, "not_found", f"no such path {path!r}; streams are at /api/1/stream/<name>")
+            return ErrorReply(
+                404, "not_found", f"no such path {_echo(path)}; streams are at /api/1/stream/<name>"
+            )
         key = unquote(match.group(1))
         stream = self._routes.get(key)
         if stream is None:
             known = ", ".join(sorted(self._routes)) or "none"
-            return ErrorReply(404, "not_found", f"no stream named {key!r} (known: {known})")
+            return ErrorReply(404, "not_found", f"no stream named {_echo(key)} (known: {known})")
         if method != b"GET":
             return ErrorReply(
                 405, "method_not_allowed", "Live Stream endpoints accept GET only", allow=b"GET"
@@ -117,7 +126,9 @@ class Router:
             return ErrorReply(400, "invalid_parameter", "smoothing must be 0 or 1")
         reset = params.get("reset")
         if reset is not None and reset not in ("smallest", "largest"):
-            return ErrorReply(400, "invalid_parameter", f"reset must be smallest or largest, got {reset!r}")
+            return ErrorReply(
+                400, "invalid_parameter", f"reset must be smallest or largest, got {_echo(reset)}"
+            )
         since = None
         if "since" in params:
             since = parse_since(params["since"])
@@ -125,7 +136,7 @@ class Router:
                 return ErrorReply(
                     400,
                     "invalid_parameter",
-                    f"since must be unix seconds or an ISO-8601 time with a zone, got {params['since'][:64]!r}",
+                    f"since must be unix seconds or an ISO-8601 time with a zone, got {_echo(params['since'])}",
                 )
         consumer = params.get("consumer")
         accept_encoding = ""

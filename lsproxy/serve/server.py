@@ -19,6 +19,7 @@ import trio
 
 from lsproxy.errors import BindError
 from lsproxy.hub.stream import StreamHub
+from lsproxy.secret import redact
 from lsproxy.serve import endpoints
 from lsproxy.serve.consumer import StreamSettings, serve_stream
 from lsproxy.serve.http import HttpConnection
@@ -189,7 +190,7 @@ class ConsumerServer:
                 log.info(
                     "rejected %s %s: %d %s",
                     request.method.decode("latin-1"),
-                    request.target.decode("latin-1")[:200],
+                    redact(request.target.decode("latin-1"))[:200],
                     route.status,
                     route.description,
                 )

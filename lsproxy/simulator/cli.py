@@ -91,6 +91,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redirect", action="store_true", help="answer /api/N/stream/E with a cross-origin 302 to a node URL"
     )
+    parser.add_argument(
+        "--echo-token",
+        action="store_true",
+        help="hostile: repeat the bearer token received in 401 bodies and redirect Locations",
+    )
     parser.add_argument("--seed", type=int, default=d.seed, help="hit content seed (default 1)")
     parser.add_argument(
         "--oauth-client-id",
@@ -128,6 +133,7 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         resume_window=args.resume_window,
         backfill=args.backfill,
         redirect=args.redirect,
+        echo_token=args.echo_token,
         seed=args.seed,
         oauth_client_id=args.oauth_client_id,
         oauth_client_secret=args.oauth_client_secret,

@@ -170,7 +170,9 @@ class Simulator:
                 return True
             if self.settings.redirect and not node and req.method == "GET":
                 assert self.address is not None
-                location = redirect_location(req, version, endpoint, self.address[1])
+                location = redirect_location(
+                    req, version, endpoint, self.address[1], echo_token=self.settings.echo_token
+                )
                 stream.redirects += 1
                 stream.statuses[302] += 1
                 await http.send_response(302, b"", [("location", location)])

@@ -32,6 +32,8 @@ class SimSettings:
     resume_window: float = 300.0  # reconnect within this resumes where the stream left off
     backfill: int = 0  # on resume, re-send this many already-sent hits
     redirect: bool = False  # /api/N/stream/<endpoint> answers 302 to a node URL
+    # Hostile, as some servers are: 401 bodies and redirect Locations repeat the bearer token.
+    echo_token: bool = False
     retain: int = 200_000  # hits kept per stream for resume / reset=smallest
     batch_interval: float = 0.01  # seconds between generated batches
     seed: int = 1  # deterministic hit content

@@ -19,7 +19,7 @@ import httpx
 import trio
 
 from lsproxy.errors import CredentialsError
-from lsproxy.secret import Secret
+from lsproxy.secret import Secret, redact
 from lsproxy.upstream.token_policy import DEFAULT_EXPIRES_IN, RefreshSchedule
 
 log = logging.getLogger("lsproxy.credentials")
@@ -230,10 +230,10 @@ class OAuthTokenProvider:
         self._wake()
         return token
 
-    async def _client_secret(self) -> str:
+    async def _client_secret(self) -> Secret:
         o = self._oauth
         if o.client_secret is not None:
-            return o.client_secret.reveal()
+            return o.client_secret
         path = o.client_secret_file
         assert path is not None
         problem: str
@@ -245,7 +245,7 @@ class OAuthTokenProvider:
             problem = f"client_secret_file {path} is not UTF-8 text"
         else:
             if value:
-                return value
+                return Secret(value)  # redacted from IMS's answer while this exists
             problem = f"client_secret_file {path} is empty"
         raise CredentialsError(f"credentials {self.name}: {problem}")
 
@@ -256,7 +256,7 @@ class OAuthTokenProvider:
         form = {
             "grant_type": GRANT_TYPE,
             "client_id": o.client_id,
-            "client_secret": secret,
+            "client_secret": secret.reveal(),
             "scope": ",".join(o.scopes),
         }
         headers = {"Accept": "application/json"}
@@ -282,9 +282,9 @@ class OAuthTokenProvider:
             raise CredentialsError(
                 f"credentials {self.name}: token request to {self._url_shown} failed: {failed}"
             )
-        return self._parse(response, secret)
+        return self._parse(response)  # ``secret`` is alive, so redacted, while it is parsed
 
-    def _parse(self, response: httpx.Response, secret: str) -> tuple[Secret, float]:
+    def _parse(self, response: httpx.Response) -> tuple[Secret, float]:
         status = response.status_code
         payload: object = None
         try:
@@ -294,8 +294,8 @@ class OAuthTokenProvider:
         body = payload if isinstance(payload, Mapping) else {}
         prefix = f"credentials {self.name}: token request to {self._url_shown}"
         if status != 200:
-            error = _clean(body.get("error"), secret)
-            desc = _clean(body.get("error_description"), secret)
+            error = _clean(body.get("error"))
+            desc = _clean(body.get("error_description"))
             detail = f"HTTP {status}"
             if error:
                 detail += f" {error}"
@@ -343,13 +343,11 @@ def _expires_in(value: object) -> float | None:
     return seconds if 0 < seconds < math.inf else None
 
 
-def _clean(value: object, secret: str) -> str | None:
-    """An IMS error field fit for a log line: a string, one line, bounded, secret masked."""
+def _clean(value: object) -> str | None:
+    """An IMS error field fit for a log line: a string, one line, bounded, secrets masked."""
     if not isinstance(value, str):
         return None
-    if secret:
-        value = value.replace(secret, "***")
-    text = " ".join(value.split())
+    text = redact(" ".join(redact(value).split()))
     if len(text) > _DETAIL_LIMIT:
         text = text[: _DETAIL_LIMIT - 3] + "..."
     return text or None

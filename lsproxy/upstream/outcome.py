@@ -8,9 +8,11 @@ refusals, ``CONFIG`` for what only a human can fix), a short machine label
 for metrics and ``/status``, and one operator sentence naming the stream.
 
 Adobe's bodies are untrusted text: the ``error_description`` is parsed
-tolerantly, stripped of control characters, truncated, and anything that
-looks like a bearer token is masked before it reaches a message or a log.
-No function here raises on odd upstream data.
+tolerantly, stripped of control characters, truncated, and every secret the
+proxy holds (``lsproxy.secret.redact``) and anything that looks like a bearer
+token is masked before it reaches a message or a log. The same cleaning
+applies to the free text of a network-level ending (exception messages,
+redirect targets). No function here raises on odd upstream data.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from lsproxy.secret import redact
 from lsproxy.upstream.backoff import Failure
 
 __all__ = [
@@ -201,12 +204,13 @@ def parse_error_description(body: bytes) -> str | None:
 
 
 def _clean(text: str) -> str:
-    """One line, no control characters, no token-like strings, bounded length."""
+    """One line, no control characters, no secret or token-like strings, bounded length."""
+    text = redact(text)  # before anything changes it: a secret may contain any character
     text = _CONTROL.sub(" ", text)
     text = _BEARER.sub("Bearer ***", text)
     text = _JWT.sub("***", text)
     text = _TOKENISH.sub("***", text)
-    text = " ".join(text.split())
+    text = redact(" ".join(text.split()))  # whitespace joined: and before a cut leaves half of one
     if len(text) > MAX_DESCRIPTION:
         text = text[: MAX_DESCRIPTION - 1].rstrip() + "…"
     return text
