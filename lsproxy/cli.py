@@ -20,6 +20,9 @@ from lsproxy.hub.store_files import PID_NAME, read_pid_file
 from lsproxy.simulator import SimSettings
 
 log = logging.getLogger("lsproxy")
+sim_log = logging.getLogger("lsproxy.simulator")
+# Marks the simulator's lines where they interleave with the proxy's (scripts/demo).
+SIMULATOR_LOG_PREFIX = "[simulator] "
 
 
 class _RedactSecrets(logging.Filter):
@@ -50,9 +53,9 @@ class _RedactSecrets(logging.Filter):
         return True
 
 
-def configure_logging(level: str, secrets: Sequence[str] = ()) -> _RedactSecrets:
+def configure_logging(level: str, secrets: Sequence[str] = (), *, prefix: str = "") -> _RedactSecrets:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(prefix + "%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     redact = _RedactSecrets(secrets)
     handler.addFilter(redact)
     root = logging.getLogger()
@@ -88,8 +91,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "simulate":
-        configure_logging(args.log_level)
-        return trio.run(_run_simulator, simulator.settings_from_args(args))
+        configure_logging(args.log_level, prefix=SIMULATOR_LOG_PREFIX)
+        try:
+            return trio.run(_run_simulator, simulator.settings_from_args(args))
+        except* simulator.SimulatorBindError as group:
+            sim_log.error("%s", _first_leaf(group))
+        return 1
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -156,7 +163,7 @@ def _check(config: Config) -> int:
 
 async def _serve_proxy(proxy: Proxy, config_path: str, redact: _RedactSecrets) -> int:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_on_signal, proxy.request_shutdown)
+        nursery.start_soon(_on_signal, proxy.request_shutdown, log)
         nursery.start_soon(_reload_on_sighup, proxy, config_path, redact)
         await proxy.run()
         nursery.cancel_scope.cancel()
@@ -183,14 +190,17 @@ async def _reload_on_sighup(proxy: Proxy, config_path: str, redact: _RedactSecre
 
 async def _run_simulator(settings: SimSettings) -> int:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_on_signal, nursery.cancel_scope.cancel)
+        nursery.start_soon(_on_signal, nursery.cancel_scope.cancel, sim_log)
         await simulator.run(settings)
     return 0
 
 
-async def _on_signal(stop: Callable[[], object]) -> None:
-    """SIGINT/SIGTERM ask for a graceful stop; a second one is handled the same way."""
+async def _on_signal(stop: Callable[[], object], logger: logging.Logger) -> None:
+    """SIGINT/SIGTERM ask for a graceful stop; a later one is handled the same way and
+    logged at DEBUG only (scripts/demo forwards the Ctrl-C a terminal already delivered)."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        level = logging.INFO
         async for signum in signals:
-            log.info("received %s", signal.Signals(signum).name)
+            logger.log(level, "received %s", signal.Signals(signum).name)
+            level = logging.DEBUG
             stop()
