@@ -21,6 +21,9 @@ from lsproxy.secret import redact
 from lsproxy.simulator import SimSettings
 
 log = logging.getLogger("lsproxy")
+sim_log = logging.getLogger("lsproxy.simulator")
+# Marks the simulator's lines where they interleave with the proxy's (scripts/demo).
+SIMULATOR_LOG_PREFIX = "[simulator] "
 
 
 class _RedactSecrets(logging.Filter):
@@ -42,9 +45,9 @@ class _RedactSecrets(logging.Filter):
         return True
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, *, prefix: str = "") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(prefix + "%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(_RedactSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -78,8 +81,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "simulate":
-        configure_logging(args.log_level)
-        return trio.run(_run_simulator, simulator.settings_from_args(args))
+        configure_logging(args.log_level, prefix=SIMULATOR_LOG_PREFIX)
+        try:
+            return trio.run(_run_simulator, simulator.settings_from_args(args))
+        except* simulator.SimulatorBindError as group:
+            sim_log.error("%s", _first_leaf(group))
+        return 1
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -137,7 +144,7 @@ def _check(config: Config) -> int:
 
 async def _serve_proxy(proxy: Proxy, config_path: str) -> int:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_on_signal, proxy.request_shutdown)
+        nursery.start_soon(_on_signal, proxy.request_shutdown, log)
         nursery.start_soon(_reload_on_sighup, proxy, config_path)
         await proxy.run()
         nursery.cancel_scope.cancel()
@@ -163,14 +170,17 @@ async def _reload_on_sighup(proxy: Proxy, config_path: str) -> None:
 
 async def _run_simulator(settings: SimSettings) -> int:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_on_signal, nursery.cancel_scope.cancel)
+        nursery.start_soon(_on_signal, nursery.cancel_scope.cancel, sim_log)
         await simulator.run(settings)
     return 0
 
 
-async def _on_signal(stop: Callable[[], object]) -> None:
-    """SIGINT/SIGTERM ask for a graceful stop; a second one is handled the same way."""
+async def _on_signal(stop: Callable[[], object], logger: logging.Logger) -> None:
+    """SIGINT/SIGTERM ask for a graceful stop; a later one is handled the same way and
+    logged at DEBUG only (scripts/demo forwards the Ctrl-C a terminal already delivered)."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        level = logging.INFO
         async for signum in signals:
-            log.info("received %s", signal.Signals(signum).name)
+            logger.log(level, "received %s", signal.Signals(signum).name)
+            level = logging.DEBUG
             stop()

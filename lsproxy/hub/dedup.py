@@ -17,6 +17,13 @@ Ids are found with a bytes regex, not a JSON parse: records stay byte-for-byte
 as received and ids above 2^53 stay exact (the id is kept as the digit
 bytes). Records without both ids pass through untouched.
 
+A backfill is short; a long run of consecutive duplicates means the upstream
+replays history or reuses ids (a restarted source numbering its hits from 0
+again), and consumers silently get nothing while the stream looks healthy. So
+the window counts the current run (``consecutive``) and, once a run reaches
+``warn_after``, has a warning due (``take_warning``): at most one per
+``warn_interval`` seconds, for the longest run seen since the last one.
+
 Pure: no I/O, no clock (``now`` is passed in).
 """
 
@@ -46,13 +53,29 @@ def hit_id(record: bytes) -> bytes | None:
     return high.group(1) + b":" + low.group(1)
 
 
+WARN_AFTER = 1000  # consecutive duplicates: far more than a reconnect's backfill
+WARN_INTERVAL = 60.0  # seconds between two warnings about duplicate runs
+
+
 class DedupWindow:
-    def __init__(self, *, max_records: int, max_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_records: int,
+        max_seconds: float,
+        warn_after: int = WARN_AFTER,
+        warn_interval: float = WARN_INTERVAL,
+    ) -> None:
         self.max_records = max_records
         self.max_seconds = max_seconds
+        self.warn_after = warn_after
+        self.warn_interval = warn_interval
         self._seen: set[bytes] = set()
         self._order: deque[tuple[float, bytes]] = deque()
         self.dropped = 0  # duplicates dropped so far
+        self.consecutive = 0  # duplicates dropped since the last record kept
+        self._unreported = 0  # longest run >= warn_after not yet warned about
+        self._warned_at = float("-inf")
 
     @property
     def enabled(self) -> bool:
@@ -68,18 +91,34 @@ class DedupWindow:
         self._expire(now)
         kept = []
         seen, order = self._seen, self._order
+        run = self.consecutive
         for record in records:
             key = hit_id(record)
             if key is None:
                 kept.append(record)
             elif key in seen:
                 self.dropped += 1
+                run += 1
             else:
+                if run >= self.warn_after:
+                    self._unreported = max(self._unreported, run)
+                run = 0
                 seen.add(key)
                 order.append((now, key))
                 kept.append(record)
+        if run >= self.warn_after:
+            self._unreported = max(self._unreported, run)
+        self.consecutive = run
         self._trim()
         return kept
+
+    def take_warning(self, now: float) -> int | None:
+        """The length of a run of at least ``warn_after`` consecutive duplicates to warn
+        about, at most once per ``warn_interval``; None when nothing is due."""
+        if not self._unreported or now - self._warned_at < self.warn_interval:
+            return None
+        run, self._unreported, self._warned_at = self._unreported, 0, now
+        return run
 
     def seed(self, records: Iterable[bytes], now: float) -> None:
         """Remember ids of records stored before (e.g. before a restart) without filtering."""

@@ -145,6 +145,12 @@ class StreamHub:
         status.last_record_at = now
         if self.dedup is not None:
             records = self.dedup.filter(records, now)
+            if (run := self.dedup.take_warning(now)) is not None:
+                log.warning(
+                    "stream %s: %d consecutive duplicates dropped: the upstream is replaying or ids repeat",
+                    self.name,
+                    run,
+                )
         if records:
             self.log.append(records, now)
             self.records += len(records)
@@ -180,6 +186,7 @@ class StreamHub:
             "records_received": self.records,
             "last_record_at": self.last_record_at,
             "duplicates_dropped": self.dedup.dropped if self.dedup is not None else 0,
+            "consecutive_duplicates": self.dedup.consecutive if self.dedup is not None else 0,
             "upstream_connections": connections,
             "log": {
                 "oldest": self.log.oldest,

@@ -37,6 +37,7 @@ class SimSettings:
     retain: int = 200_000  # hits kept per stream for resume / reset=smallest
     batch_interval: float = 0.01  # seconds between generated batches
     seed: int = 1  # deterministic hit content
+    run_id: int | None = None  # mixed into hitIdHigh; None = random per Simulator (ids unique across runs)
     # OAuth (IMS) look-alike at POST /ims/token/v3, off unless both are set (see ``ims``).
     oauth_client_id: str | None = None
     oauth_client_secret: str | None = None
