@@ -28,6 +28,7 @@ from lsproxy.config import Config, Credentials, StorageConfig, StreamConfig
 from lsproxy.hub.dedup import DedupWindow
 from lsproxy.hub.durable import DurableLog
 from lsproxy.hub.journal import UpstreamJournal
+from lsproxy.hub.journal_rule import upstream_key
 from lsproxy.hub.log import MemoryLog, StreamLog
 from lsproxy.hub.store_files import (
     LockHandle,
@@ -52,13 +53,15 @@ def _upstream_identity(stream: StreamConfig) -> tuple[object, ...]:
     return (stream.url, stream.credentials, stream.upstream, stream.initial_reset)
 
 
-async def open_hub(stream: StreamConfig, storage: StorageConfig) -> StreamHub:
+async def open_hub(stream: StreamConfig, storage: StorageConfig, journal: UpstreamJournal) -> StreamHub:
     """The stream's hub on a durable or in-memory log, with its persisted state restored."""
     settings = stream.upstream
     log_: StreamLog
     if storage.durable:
+        path = stream_db_path(storage.dir, stream.name)
+        journal.check_store(path, stream.name)  # a store lost while stopped is an ERROR, not a fresh start
         log_ = await DurableLog.open(
-            stream_db_path(storage.dir, stream.name),
+            path,
             retention_bytes=stream.retention_bytes,
             retention_seconds=stream.retention_seconds,
             memory_bytes=storage.memory_bytes,
@@ -89,25 +92,25 @@ class StreamRunner:
     """One stream's background work: storage tasks and upstream supervisors."""
 
     def __init__(
-        self, config: StreamConfig, hub: StreamHub, tokens: TokenProvider, storage: StorageConfig
+        self,
+        config: StreamConfig,
+        hub: StreamHub,
+        tokens: TokenProvider,
+        storage: StorageConfig,
+        journal: UpstreamJournal,
     ) -> None:
         self.config = config
         self.hub = hub
         self.tokens = tokens
         self.storage = storage
+        self.journal = journal
         self.upstream_scope = trio.CancelScope()
         self.storage_scope = trio.CancelScope()
         self.done = trio.Event()  # the upstream connections are closed
-        durable = hub.log if isinstance(hub.log, DurableLog) else None
-        self.journal = (
-            UpstreamJournal(
-                durable,
-                heartbeat_interval=storage.heartbeat_interval,
-                commit_interval=storage.commit_interval,
-            )
-            if durable is not None
-            else None
-        )
+
+    @property
+    def upstream(self) -> str:
+        return upstream_key(self.config.url)
 
     async def run_storage(self) -> None:
         """The durable log's writer plus cursor and liveness persistence, until cancelled."""
@@ -126,29 +129,40 @@ class StreamRunner:
                 await durable.aclose()
 
     def persist(self) -> None:
-        """Hand the current cursors (and liveness) to the log's next commit."""
+        """Hand the current cursors to the log's next commit."""
         durable = self.hub.log
         if isinstance(durable, DurableLog):
             durable.save_cursors(self.hub.book.persistent())
-            if self.journal is not None and any(u.state == "streaming" for u in self.hub.upstreams):
-                self.journal.alive()
+            self.note_store()
 
-    async def run_upstream(self, replaces: StreamRunner | None = None) -> None:
+    def note_store(self) -> None:
+        """Tell the journal the store exists and how far its log reaches (a lost one is told)."""
+        if isinstance(self.hub.log, DurableLog):
+            self.journal.note_store(self.hub.log.path, self.hub.log.next_offset)
+
+    async def run_upstream(
+        self, closing: list[StreamRunner], replaces: StreamRunner | None = None
+    ) -> None:
         """Supervise every upstream connection of the stream until cancelled. The first
-        attempts wait ``reconnect_delay`` after a loss this life did not see: a previous
-        proxy's (from the journal), or a replaced runner's closed connections."""
+        attempts wait until ``reconnect_delay`` after the last loss of this upstream, under
+        any name: ``closing`` runners (removed or replaced in a reload) are waited for first,
+        then the journal says (this life's losses, or a previous proxy's). A replaced runner's
+        close counts even if it connected elsewhere (a url change)."""
         stream = self.config
         delay = stream.upstream.reconnect_delay
-        not_before = None
+        hold = None
         try:
+            if closing:
+                for status in self.hub.upstreams:  # closing takes a moment; the wait follows
+                    status.state, status.next_attempt_at = "backoff", time.time() + delay
+                for runner in closing:
+                    await runner.done.wait()
+            not_before = self.journal.not_before(stream.url, delay)
             if replaces is not None:
-                await replaces.done.wait()
-                not_before = trio.current_time() + delay
-            elif self.journal is not None and (earliest := self.journal.earliest_attempt(delay)) is not None:
-                wait = earliest - time.time()
-                if wait > 0:
-                    log.info("stream %s: the previous run's connection ended recently", stream.name)
-                    not_before = trio.current_time() + wait
+                not_before = max(not_before or 0.0, time.time() + delay)
+            if not_before is not None and (wait := not_before - time.time()) > 0:
+                log.info("stream %s: waiting out reconnect_delay after its upstream's last connection", stream.name)
+                hold = trio.current_time() + wait
             with self.upstream_scope:
                 async with trio.open_nursery() as nursery:
                     for i, status in enumerate(self.hub.upstreams):
@@ -161,8 +175,8 @@ class StreamRunner:
                                 stream.upstream,
                                 status,
                                 attempt,
-                                not_before=not_before,
-                                journal=self.journal,
+                                not_before=hold,
+                                journal=self.journal.connection(stream.url),
                             )
                         )
         finally:
@@ -175,6 +189,8 @@ class Proxy:
         self.hubs: dict[str, StreamHub] = {}  # shared with the server: it looks streams up per request
         self.runners: dict[str, StreamRunner] = {}
         self.providers: dict[Credentials, tuple[TokenProvider, trio.CancelScope]] = {}
+        self.closing: list[StreamRunner] = []  # removed or replaced runners, until their connections close
+        self.journal: UpstreamJournal | None = None
         server = config.server
         self.server = ConsumerServer(
             self.hubs,
@@ -199,15 +215,27 @@ class Proxy:
     ) -> None:
         """Serve until ``request_shutdown``; ``task_status`` gets the bound addresses.
         Raises StoreError (storage locked, damaged beyond repair) or BindError before serving."""
-        storage_dir = self.config.storage.dir
-        # Two proxies on one storage dir would open two upstream connections per stream.
-        # The pid file (for `lsproxy reload`) is written only once the lock is ours.
-        lock: LockHandle | None = acquire_storage_lock(storage_dir) if self.config.storage.durable else None
-        write_pid_file(storage_dir)
+        storage = self.config.storage
+        # Two proxies on one storage dir would open two upstream connections per stream (and
+        # share one journal), durable or not. The pid file (for `lsproxy reload`) is written
+        # only once the lock is ours.
+        lock: LockHandle = acquire_storage_lock(storage.dir)
+        write_pid_file(storage.dir)
         try:
-            hubs = {s.name: await open_hub(s, self.config.storage) for s in self.config.streams}
+            journal = self.journal = await trio.to_thread.run_sync(
+                functools.partial(
+                    UpstreamJournal.load,
+                    storage.dir,
+                    heartbeat_interval=storage.heartbeat_interval,
+                    earlier_run=lock.existed,  # every earlier run took the lock
+                )
+            )
+            hubs = {s.name: await open_hub(s, storage, journal) for s in self.config.streams}
+            if storage.durable:
+                journal.forget_stores_except(stream_db_path(storage.dir, s.name) for s in self.config.streams)
             async with trio.open_nursery() as root:
                 self._nursery = root
+                root.start_soon(journal.run)
                 addresses = await root.start(self.server.run)
                 for stream in self.config.streams:
                     self._start_stream(stream, hubs[stream.name])
@@ -220,9 +248,8 @@ class Proxy:
                 await self._shutdown()
                 root.cancel_scope.cancel()  # token refreshers
         finally:
-            remove_pid_file(storage_dir)
-            if lock is not None:
-                lock.release()
+            remove_pid_file(storage.dir)
+            lock.release()
 
     async def _shutdown(self) -> None:
         log.info("shutting down: closing upstream connections and consumer streams")
@@ -230,8 +257,12 @@ class Proxy:
         for runner in self.runners.values():
             runner.upstream_scope.cancel()
         with trio.move_on_after(self.config.server.shutdown_grace):
-            for runner in self.runners.values():
+            for runner in [*self.runners.values(), *self.closing]:
                 await runner.done.wait()  # no append after the logs close
+        assert self.journal is not None
+        for runner in self.runners.values():
+            runner.note_store()
+        await self.journal.flush()  # the ends: the next start waits from them exactly
         for hub in self.hubs.values():
             hub.close()
         with trio.move_on_after(self.config.server.shutdown_grace):
@@ -255,18 +286,21 @@ class Proxy:
     def _start_stream(
         self, stream: StreamConfig, hub: StreamHub, replaces: StreamRunner | None = None
     ) -> None:
+        assert self.journal is not None
         tokens = self._provider(stream.credentials)
         hub.info = {"url": stream.url, "credentials": stream.credentials.source}
         hub.token_status = tokens.status
         self.hubs[stream.name] = hub
-        runner = StreamRunner(stream, hub, tokens, self.config.storage)
+        runner = StreamRunner(stream, hub, tokens, self.config.storage, self.journal)
         self.runners[stream.name] = runner
         assert self._nursery is not None
         if replaces is None:
             self._nursery.start_soon(runner.run_storage)
         else:
             runner.storage_scope = replaces.storage_scope  # the log (and its writer) carry on
-        self._nursery.start_soon(runner.run_upstream, replaces)
+        self.closing = [r for r in self.closing if not r.done.is_set()]
+        closing = [r for r in self.closing if r.upstream == runner.upstream or r is replaces]
+        self._nursery.start_soon(runner.run_upstream, closing, replaces)
 
     # -- reload ---------------------------------------------------------------
     async def reload(self, new: Config) -> list[str]:
@@ -277,20 +311,23 @@ class Proxy:
             new = _with_running_server(new, self.config)
         old_streams = {s.name: s for s in self.config.streams}
         new_streams = {s.name: s for s in new.streams}
+        assert self.journal is not None
         for name in old_streams.keys() - new_streams.keys():
             runner = self.runners.pop(name)
             runner.upstream_scope.cancel()
+            self.closing.append(runner)
             self.hubs.pop(name).close()  # its consumers get a clean end of stream
             runner.storage_scope.cancel()
             changes.append(f"stream {name}: removed")
         for name, stream in new_streams.items():
             old = old_streams.get(name)
             if old is None:
-                self._start_stream(stream, await open_hub(stream, new.storage))
+                self._start_stream(stream, await open_hub(stream, new.storage, self.journal))
                 changes.append(f"stream {name}: added")
             elif _upstream_identity(old) != _upstream_identity(stream):
                 old_runner = self.runners[name]
                 old_runner.upstream_scope.cancel()
+                self.closing.append(old_runner)
                 hub = self.hubs[name]
                 if stream.upstream.connections != len(hub.upstreams):
                     hub.resize_upstreams(stream.upstream.connections)

@@ -482,7 +482,7 @@ class _Parser(_CredentialsParser):
                 t["memory_bytes"], (*key, "memory_bytes"), minimum=MIN_MEMORY_BYTES
             )
         storage = StorageConfig(**kwargs)
-        if storage.durable and os.path.lexists(directory) and not os.path.isdir(directory):
+        if os.path.lexists(directory) and not os.path.isdir(directory):  # durable or not: the journal
             self.fail(dkey, f"{directory} exists but is not a directory")
         return storage
 

@@ -58,10 +58,12 @@ def proxy_config(
     *,
     streams: tuple[str, ...] = ("s1",),
     stream_keys: Mapping[str, Mapping[str, str]] | None = None,
+    endpoints: Mapping[str, str] | None = None,
     extra: str = "",
     **overrides: Any,
 ) -> Config:
     """A config for the proxy in front of ``sim``: fast delays, ephemeral port.
+    ``endpoints`` maps a stream name to another simulator endpoint than its own name.
     Keyword arguments override [server] keys (``SERVER_KEYS``) or [upstream] keys."""
     server: dict[str, Any] = {
         "listen": '"127.0.0.1:0"',
@@ -91,7 +93,8 @@ def proxy_config(
         'token = "sim-secret-token-123"',
     ]
     for name in streams:
-        lines += [f"[streams.{name}]", f'url = "{sim.url(name)}"', f'report_suite = "suite-{name}"']
+        url = sim.url((endpoints or {}).get(name, name))
+        lines += [f"[streams.{name}]", f'url = "{url}"', f'report_suite = "suite-{name}"']
         lines += [f"{k} = {v}" for k, v in (stream_keys or {}).get(name, {}).items()]
     return parse_config("\n".join(lines), path="test.toml", environ={})
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from lsproxy.config import UpstreamSettings
-from lsproxy.hub.journal import UpstreamJournal
+from lsproxy.hub.journal import ConnectionRecord
 from lsproxy.hub.stream import UpstreamStatus
 from lsproxy.upstream.backoff import Failure, ReconnectPolicy
 from lsproxy.upstream.outcome import Outcome, classify_end
@@ -35,12 +35,13 @@ async def supervise(
     attempt: Attempt,
     *,
     not_before: float | None = None,
-    journal: UpstreamJournal | None = None,
+    journal: ConnectionRecord | None = None,
     rng: random.Random | None = None,
 ) -> None:
     """Run one upstream connection of stream ``name`` forever, publishing into ``status``.
     ``not_before`` (trio clock) holds the first attempt back, for a loss this loop did not see;
-    ``journal`` records attempts and ends durably, for the rule across restarts."""
+    ``journal`` records attempts (durably, before connecting) and ends, for the rule across
+    reloads and restarts. Every wait, the first one included, shows as "backoff" with its countdown."""
     policy = ReconnectPolicy(
         base=settings.reconnect_delay,
         ceiling=settings.max_reconnect_delay,
@@ -62,6 +63,8 @@ async def supervise(
             not_before = policy.next_attempt_at()
             wait = not_before - trio.current_time()
             if wait > 0:
+                if status.state != "failed":  # a config error stays visible while it waits
+                    status.state = "backoff"
                 status.next_attempt_at = time.time() + wait
                 log.info("stream %s: next upstream attempt in %.1f s", name, wait)
                 await trio.sleep_until(not_before)
@@ -81,9 +84,10 @@ async def supervise(
                     stream=name,
                     streamed=status.state == "streaming",
                 )
+            finally:
+                if journal is not None:
+                    journal.ended()  # closed by now, cancelled (reload, shutdown) or not
             policy.on_ended(trio.current_time(), outcome.failure)
-            if journal is not None:
-                journal.ended()
             status.connected_since = None
             status.state = "failed" if outcome.failure is Failure.CONFIG else "backoff"
             status.last_error = {

@@ -1128,11 +1128,9 @@ def test_storage_dir_may_exist_as_a_directory_and_must_not_be_a_file(tmp_path: P
     with pytest.raises(ConfigError) as info:
         parse_config(text, path=FILE, environ={}, base_dir=str(tmp_path))
     assert str(info.value) == f"{FILE}: storage.dir: {tmp_path / 'afile'} exists but is not a directory"
-    # not durable: the directory is never used
-    cfg = parse_config(
-        '[storage]\ndir = "afile"\ndurable = false\n' + MINIMAL, environ={}, base_dir=str(tmp_path)
-    )
-    assert cfg.storage.durable is False
+    # not durable: the directory still holds the upstream journal (and the lock)
+    with pytest.raises(ConfigError):
+        parse_config('[storage]\ndir = "afile"\ndurable = false\n' + MINIMAL, environ={}, base_dir=str(tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ PURE = [
     "hub/cursors.py",
     "hub/dedup.py",
     "hub/segment.py",
+    "hub/journal_rule.py",
     "deflate.py",
     "serve/routes.py",
     "serve/encoding.py",
