@@ -135,13 +135,13 @@ class AdminApi:
         stream = self.resolve(call.route)
         hub = self.hubs.get(stream) if stream is not None else None
         if hub is None:
-            return _problem(404, "not_found", f"no stream named {call.route!r}")
+            return _problem(404, "not_found", f"no stream named {call.route[:100]!r}")
         if call.action == "reconnect":
             return self._reconnect(hub)
         if call.action == "delete":
             ended = hub.forget_cursor(call.consumer)
             if ended is None:
-                return _problem(404, "not_found", f"stream {hub.name}: no named cursor {call.consumer!r}")
+                return _problem(404, "not_found", f"stream {hub.name}: no named cursor {call.consumer[:200]!r}")
             return 200, {"stream": hub.name, "consumer": call.consumer, "deleted": True,
                          "connection_ended": ended}, []  # fmt: skip
         return self._move(hub, call.consumer, body)
@@ -199,7 +199,7 @@ class AdminApi:
         if table not in {c.name for c in self.access.consumers} or not _CONSUMER_ID.fullmatch(consumer):
             return (
                 "with authentication on, cursor names are <consumer table>/<consumer id> "
-                f"(no cursor {name!r} exists yet, and no consumer could reach it)"
+                f"(no cursor {name[:200]!r} exists yet, and no consumer could reach it)"
             )
         return None
 
