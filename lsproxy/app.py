@@ -38,12 +38,14 @@ from lsproxy.hub.store_files import (
     write_pid_file,
 )
 from lsproxy.hub.stream import StreamHub
+from lsproxy.serve.auth import AccessControl
 from lsproxy.serve.consumer import StreamSettings
 from lsproxy.serve.routes import Router
 from lsproxy.serve.server import ConsumerServer
+from lsproxy.serve.tls import ServerTls
 from lsproxy.upstream.connector import stream_once
 from lsproxy.upstream.credentials import TokenProvider, make_provider
-from lsproxy.upstream.supervisor import supervise
+from lsproxy.upstream.supervisor import ReconnectAnswer, SupervisorControl, supervise
 
 log = logging.getLogger("lsproxy")
 
@@ -107,6 +109,7 @@ class StreamRunner:
         self.upstream_scope = trio.CancelScope()
         self.storage_scope = trio.CancelScope()
         self.done = trio.Event()  # the upstream connections are closed
+        self.controls = [SupervisorControl() for _ in hub.upstreams]  # the admin API's reconnect
 
     @property
     def upstream(self) -> str:
@@ -177,6 +180,7 @@ class StreamRunner:
                                 attempt,
                                 not_before=hold,
                                 journal=self.journal.connection(stream.url),
+                                control=self.controls[i],
                             )
                         )
         finally:
@@ -192,6 +196,7 @@ class Proxy:
         self.closing: list[StreamRunner] = []  # removed or replaced runners, until their connections close
         self.journal: UpstreamJournal | None = None
         server = config.server
+        self.access = AccessControl(config.consumers)
         self.server = ConsumerServer(
             self.hubs,
             config.routes,
@@ -203,6 +208,10 @@ class Proxy:
                 write_timeout=server.write_timeout,
                 replay_window_bytes=server.replay_window_bytes,
             ),
+            access=self.access,
+            # The files were checked when the config loaded; a TlsFileError here means they changed since.
+            tls=ServerTls(server.tls_cert, server.tls_key) if server.tls_cert and server.tls_key else None,
+            reconnect=self.reconnect,
         )
         self._stop = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -273,6 +282,11 @@ class Proxy:
         for runner in self.runners.values():
             runner.storage_scope.cancel()  # a last persist and a final commit each
 
+    def reconnect(self, stream: str) -> list[ReconnectAnswer]:
+        """The admin API asks for an upstream attempt now (each connection decides by the rule)."""
+        runner = self.runners.get(stream)
+        return [control.reconnect() for control in runner.controls] if runner is not None else []
+
     # -- streams ------------------------------------------------------------
     def _provider(self, credentials: Credentials) -> TokenProvider:
         """One shared token provider per credential set, refreshing in the background."""
@@ -337,11 +351,30 @@ class Proxy:
                 self.hubs[name].log.retention_bytes = stream.retention_bytes
                 self.runners[name].config = stream
                 changes.append(f"stream {name}: updated in place")
+        changes += self._reload_access(new)
         in_use = {stream.credentials for stream in new.streams}
         for credentials in self.providers.keys() - in_use:
             self.providers.pop(credentials)[1].cancel()
         self.server.router = Router(new.routes)
         self.config = new
+        return changes
+
+    def _reload_access(self, new: Config) -> list[str]:
+        """New consumer tables apply at once; certificates are re-read from the same files."""
+        changes = []
+        if self.server.tls is not None:
+            changes.append(self.server.tls.reload())
+        server = self.config.server  # the running one: [server] changes wait for a restart
+        if new.consumers == self.access.consumers:
+            return changes
+        if not new.consumers and not server.loopback and not server.allow_unauthenticated:
+            changes.append(
+                "consumers: kept the running [consumers] tables: without them this listener "
+                "would serve everyone (allow_unauthenticated is not set)"
+            )
+            return changes
+        self.access.replace_consumers(new.consumers)
+        changes.append(f"consumers: {len(new.consumers)} [consumers] tables apply to new requests")
         return changes
 
 
