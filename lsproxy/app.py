@@ -186,6 +186,9 @@ class Proxy:
                 heartbeat_interval=server.heartbeat_interval,
                 write_timeout=server.write_timeout,
                 replay_window_bytes=server.replay_window_bytes,
+                tcp_user_timeout=server.tcp_user_timeout,
+                anonymous_resume=server.anonymous_resume == "api_key",
+                cors_allow_origins=frozenset(server.cors_allow_origins),
             ),
         )
         self._stop = trio.Event()
@@ -258,6 +261,8 @@ class Proxy:
         tokens = self._provider(stream.credentials)
         hub.info = {"url": stream.url, "credentials": stream.credentials.source}
         hub.token_status = tokens.status
+        hub.groups.anonymous_linger = self.config.server.anonymous_group_linger
+        hub.resume_points.linger = self.config.server.anonymous_resume_linger
         self.hubs[stream.name] = hub
         runner = StreamRunner(stream, hub, tokens, self.config.storage)
         self.runners[stream.name] = runner

@@ -53,6 +53,16 @@ class ProxyUnderTest:
             return r.status_code, r.json()
 
 
+_OTHER_SERVER_KEYS = {
+    "replay_window_bytes",
+    "tcp_user_timeout",
+    "anonymous_resume",
+    "anonymous_resume_linger",
+    "anonymous_group_linger",
+    "cors_allow_origins",
+}
+
+
 def proxy_config(
     sim: SimUnderTest,
     *,
@@ -77,7 +87,7 @@ def proxy_config(
         "healthy_after": 0.5,
     }
     for key, value in overrides.items():
-        (server if key in server or key == "replay_window_bytes" else settings)[key] = value
+        (server if key in server or key in _OTHER_SERVER_KEYS else settings)[key] = value
     lines = [
         "[server]",
         *(f"{k} = {v}" for k, v in server.items()),

@@ -1,6 +1,6 @@
 """DedupWindow: drops repeated hit ids within a bounded window, byte-exact."""
 
-from lsproxy.hub.dedup import DedupWindow, hit_id
+from lsproxy.hub.dedup import DedupWindow, hit_id, parse_hit_id
 
 
 def hit(high: int, low: int, extra: str = "") -> bytes:
@@ -42,3 +42,19 @@ def test_disabled_window_passes_everything_and_seed_counts() -> None:
     window = DedupWindow(max_records=10, max_seconds=10)
     window.seed([hit(2, 1), hit(2, 2)], now=0)
     assert window.filter([hit(2, 2), hit(2, 3)], now=1) == [hit(2, 3)]
+
+
+def test_the_window_knows_where_each_id_went() -> None:
+    window = DedupWindow(max_records=10, max_seconds=60)
+    records = [b'{"hitIdHigh":1,"hitIdLow":%d}' % i for i in (1, 2, 1, 3)] + [b"{}"]
+    kept = window.filter(records, 0.0, first_offset=100)
+    assert len(kept) == 4
+    assert [window.offset_of(b"1:%d" % i) for i in (1, 2, 3)] == [100, 101, 102]
+    window.seed([b'{"hitIdHigh":1,"hitIdLow":9}'], 0.0)
+    assert window.offset_of(b"1:9") is None and window.offset_of(b"1:4") is None
+
+
+def test_parse_hit_id() -> None:
+    assert parse_hit_id("2948027281753079808:0012") == b"2948027281753079808:12"
+    for bad in ("12", "a:b", "1:-2", ":1", "1:" + "9" * 21, "1:" + "0" * 41, "\u0661:\u0662"):
+        assert parse_hit_id(bad) is None
