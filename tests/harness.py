@@ -158,6 +158,7 @@ class StreamReader:
         self.response_headers: dict[str, str] = {}
         self.records: list[bytes] = []  # non-empty records in arrival order
         self.empty_records = 0  # heartbeats and empty records
+        self.decoded = bytearray()  # the whole body as decoded (for Server-Sent Events)
         self.ended_cleanly = False
         self._buf = b""
         self._body = b""
@@ -197,6 +198,7 @@ class StreamReader:
                 return
             chunk, self._buf = rest[:size], rest[size + 2 :]
             data = self._inflater.decompress(chunk) if self.gzip else chunk
+            self.decoded += data
             self._tail += data
             *complete, self._tail = self._tail.split(b"\r\n")
             for record in complete:
