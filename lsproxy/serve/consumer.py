@@ -100,23 +100,21 @@ def set_user_timeout(stream: trio.abc.Stream, seconds: float) -> None:
         log.debug("TCP_USER_TIMEOUT not set: %s", exc)
 
 
-async def serve_stream(
-    http: HttpConnection, hub: StreamHub, request: StreamRequest, settings: StreamSettings
-) -> None:
-    """Answer a stream GET until the consumer leaves, is taken over, or the stream ends."""
-    set_user_timeout(http.stream, settings.tcp_user_timeout)
-    start_at, resume = None, None
+async def _asked_start(hub: StreamHub, request: StreamRequest) -> tuple[int | None, str | None]:
+    """(offset to start at, X-Lsproxy-Resume) for offset=/Last-Event-ID, after= or since=."""
     if request.offset is not None:
-        start_at = request.offset  # offset=, last_event_id=, Last-Event-ID: the header wins
-    elif request.after is not None:
-        start_at = await find_hit(hub, request.after)
-        resume = "not-found" if start_at is None else "exact"
-        start_at = None if start_at is None else start_at + 1
-    elif request.since is not None:
-        start_at = hub.log.offset_at(request.since)
-    asked_start = request.offset is not None or request.after is not None or request.since is not None
-    view = View(sse=request.sse, fields=request.fields)
-    encoder = make_encoder(request.gzip, sse.HEARTBEAT if request.sse else HEARTBEAT)
+        return request.offset, None  # offset=, last_event_id=, Last-Event-ID (the header wins)
+    if request.after is not None:
+        found = await find_hit(hub, request.after)
+        return (None, "not-found") if found is None else (found + 1, "exact")
+    if request.since is not None:
+        return hub.log.offset_at(request.since), None
+    return None, None
+
+
+def _response_headers(
+    request: StreamRequest, encoder: Encoder, settings: StreamSettings
+) -> list[tuple[bytes, bytes]]:
     headers = [
         (b"content-type", sse.CONTENT_TYPE if request.sse else b"application/json"),
         (b"cache-control", b"no-store"),
@@ -126,6 +124,18 @@ async def serve_stream(
     allowed = settings.cors_allow_origins
     if request.origin is not None and ("*" in allowed or request.origin in allowed):
         headers += [(b"access-control-allow-origin", request.origin.encode()), (b"vary", b"origin")]
+    return headers
+
+
+async def serve_stream(
+    http: HttpConnection, hub: StreamHub, request: StreamRequest, settings: StreamSettings
+) -> None:
+    """Answer a stream GET until the consumer leaves, is taken over, or the stream ends."""
+    set_user_timeout(http.stream, settings.tcp_user_timeout)
+    start_at, resume = await _asked_start(hub, request)
+    asked = request.reset is not None or resume is not None or start_at is not None
+    encoder = make_encoder(request.gzip, sse.HEARTBEAT if request.sse else HEARTBEAT)
+    headers = _response_headers(request, encoder, settings)
     with trio.CancelScope() as scope:
         try:
             sub = hub.subscribe(
@@ -135,16 +145,13 @@ async def serve_stream(
                 window_bytes=replay_window(http.stream, settings.replay_window_bytes),
                 cancel_scope=scope,
                 shares=request.shares,
-                resume_key=request.resume_key
-                if settings.anonymous_resume and not asked_start and request.reset is None
-                else None,
+                resume_key=request.resume_key if settings.anonymous_resume and not asked else None,
             )
         except GroupRefused as refused:
             log.info("stream %s: %s", hub.name, refused.description)
             await http.send_error(ErrorReply(409, refused.error, refused.description), settings.write_timeout)
             return
-        if sub.shares > 1:
-            view = View(sub.shares, sub.share, request.sse, request.fields)
+        view = View(sub.shares, sub.share, request.sse, request.fields)
         resume = resume or sub.resumed
         headers.append((b"x-lsproxy-offset", b"%d" % sub.start))
         if resume is not None:

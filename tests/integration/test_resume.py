@@ -178,3 +178,30 @@ async def test_consumer_sockets_get_a_tcp_user_timeout() -> None:
     assert server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30_000
     for s in (client, server, listener):
         await s.aclose()
+
+
+async def test_an_anonymous_reconnect_with_its_api_key_says_linger_and_continues() -> None:
+    async with running() as (_sim, proxy):
+        assert proxy is not None
+        key = {"x-api-key": "adobe-client-id"}
+        first = await read(proxy, "", 30, headers=key)
+        assert "x-lsproxy-resume" not in first.response_headers
+        with trio.fail_after(5):  # the proxy notices the close (at once on loopback, but not before)
+            while not len(proxy.proxy.hubs["s1"].resume_points):
+                await trio.sleep(0.01)
+        again = await read(proxy, "", 30, headers=key)
+        assert again.response_headers["x-lsproxy-resume"] == "linger"
+        assert again.seqs()[0] <= first.seqs()[-1] + 1  # duplicates at most, never a gap
+        fresh = await read(proxy, "reset=largest", 1, headers=key)  # asks where to start: no linger
+        assert "x-lsproxy-resume" not in fresh.response_headers
+        other = await read(proxy, "", 1, headers={"x-api-key": "another-client"})
+        assert "x-lsproxy-resume" not in other.response_headers
+
+
+async def test_anonymous_resume_off() -> None:
+    async with running(anonymous_resume='"off"') as (_sim, proxy):
+        assert proxy is not None
+        await read(proxy, "", 5, headers={"x-api-key": "k"})
+        await trio.sleep(0.2)
+        again = await read(proxy, "", 1, headers={"x-api-key": "k"})
+        assert "x-lsproxy-resume" not in again.response_headers
