@@ -243,7 +243,10 @@ class Proxy:
         with trio.move_on_after(self.config.server.shutdown_grace, shield=True):
             await self.server.finished.wait()  # handlers detach their cursors as they go
         for runner in self.runners.values():
-            runner.storage_scope.cancel()  # a last persist and a final commit each
+            # The last persist must precede the cancellation: the log's writer makes its final
+            # commit as soon as it is cancelled, and a snapshot handed over later is never written.
+            runner.persist()
+            runner.storage_scope.cancel()  # a final commit each
 
     # -- streams ------------------------------------------------------------
     def _provider(self, credentials: Credentials) -> TokenProvider:

@@ -127,6 +127,7 @@ class Commit:
     cursors: Mapping[str, tuple[int, int]]  # changed ones only
     meta: Mapping[str, str]  # changed ones only
     now: float
+    removed_cursors: Sequence[str] = ()  # forgotten (a consumer group's replaced shares)
 
 
 @dataclass
@@ -239,6 +240,7 @@ class Store:
                 "position = excluded.position, skipped = excluded.skipped, updated_at = excluded.updated_at",
                 [(name, pos, skipped, work.now) for name, (pos, skipped) in work.cursors.items()],
             )
+            conn.executemany("DELETE FROM cursors WHERE name = ?", [(n,) for n in work.removed_cursors])
             conn.executemany(
                 "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 [*work.meta.items(), (NEXT_KEY, str(work.next_offset))],

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.harness import ProxyUnderTest, running, seq_of
+from lsproxy.app import Proxy
+from tests.harness import ProxyUnderTest, StreamReader, proxy_config, running, seq_of
 
 CLIENTS = Path(__file__).parent.parent / "clients"
 WORKER = [sys.executable, str(CLIENTS / "py_consumer.py")]
@@ -179,3 +180,30 @@ async def test_two_clients_sharing_an_api_key_both_keep_streaming(tmp_path: Path
         for w in (first, second):
             w.kill()
             await w.wait()
+
+
+async def test_named_share_cursors_survive_a_proxy_restart() -> None:
+    async with running(start_proxy=False) as (sim, _):
+        config = proxy_config(sim, replay_window_bytes=0)  # cursors exactly where reading stopped
+        saved: dict[str, tuple[int, int]] = {}
+        for life in range(2):
+            proxy = Proxy(config)
+            async with trio.open_nursery() as nursery:
+                port = (await nursery.start(proxy.run))[0][1]
+                path = "/api/1/stream/s1?maxConnections=2&consumer=g"
+                members = [await StreamReader(port, path).connect() for _ in range(2)]
+                offsets = [int(m.response_headers["x-lsproxy-offset"]) for m in members]
+                if life == 1:
+                    assert offsets == [saved["g#0/2"][0], saved["g#1/2"][0]]  # where they left off
+                for m in members:
+                    await m.read_records(20)
+                    await m.aclose()
+                with trio.fail_after(5):
+                    while any(c.connected for c in proxy.hubs["s1"].book.cursors()):
+                        await trio.sleep(0.01)
+                saved = proxy.hubs["s1"].book.persistent()
+                assert set(saved) == {"g#0/2", "g#1/2"}
+                assert all(
+                    position > offset for (position, _), offset in zip(saved.values(), offsets, strict=True)
+                )
+                proxy.request_shutdown()
