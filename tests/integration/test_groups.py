@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from lsproxy.app import Proxy
+from lsproxy.simulator import SimSettings, SimStream
 from tests.harness import ProxyUnderTest, StreamReader, proxy_config, running, seq_of
 
 CLIENTS = Path(__file__).parent.parent / "clients"
@@ -183,7 +184,8 @@ async def test_two_clients_sharing_an_api_key_both_keep_streaming(tmp_path: Path
 
 
 async def test_named_share_cursors_survive_a_proxy_restart() -> None:
-    async with running(start_proxy=False) as (sim, _):
+    settings = SimSettings(streams=(SimStream("s1", "suite-s1", 200.0),), linger=0.1)  # quick reconnect
+    async with running(settings, start_proxy=False) as (sim, _):
         config = proxy_config(sim, replay_window_bytes=0)  # cursors exactly where reading stopped
         saved: dict[str, tuple[int, int]] = {}
         for life in range(2):
