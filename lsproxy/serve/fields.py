@@ -1,17 +1,18 @@
-"""``fields=a,b,c``: only some top-level fields of each record, with values kept exact.
+"""``fields=a,b,c``: only some top-level fields of each record, with numbers kept exact.
 
 Theory of operation
 -------------------
-A record is a JSON object. Its top-level members are walked with the
-standard library's scanner (``scanstring`` for keys, ``raw_decode`` to find
-where each value ends) and the *text* of the wanted members is copied, never
-a decoded value: ids above 2^53, float spellings and string escapes stay
-exactly as Live Stream wrote them. Members come out in the record's order,
-joined without whitespace. A key given twice keeps its last value (as JSON
-parsers do). A record that is not a JSON object becomes ``{}``: a record
-without the wanted fields, which clients already handle.
+A record is parsed with the standard library's C JSON parser, numbers kept as
+the text Live Stream wrote (``parse_int``/``parse_float``), so ids above 2^53
+and float spellings come out exactly as they came in: no number is ever
+converted. The wanted members are re-encoded compactly, in the record's order;
+strings are re-escaped (same value, UTF-8 kept as is). A key given twice keeps
+its last value (as JSON parsers do). A record that is not a JSON object becomes
+``{}``: a record without the wanted fields, which clients already handle.
 
-Work is bounded by the record's size (records are capped by the framer).
+Work is bounded by the record's size (records are capped by the framer); the
+projection of a whole segment is made once per stream and field set
+(view.py), not once per consumer.
 
 Pure: no I/O.
 """
@@ -19,18 +20,19 @@ Pure: no I/O.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
+from typing import Any
 
 MAX_FIELDS = 64
 MAX_FIELD_NAME = 128
 
-_DECODER = json.JSONDecoder()
-_SPACE = re.compile(r"[ \t\n\r]*")
-
 
 class FieldsError(ValueError):
     pass
+
+
+class _Number(str):
+    """A JSON number as written in the record."""
 
 
 def parse_fields(value: str) -> tuple[str, ...]:
@@ -47,40 +49,27 @@ def parse_fields(value: str) -> tuple[str, ...]:
 
 def project(record: bytes, fields: Iterable[str]) -> bytes:
     """The record with only ``fields`` (top level), as compact JSON; see the module doc."""
-    wanted = fields if isinstance(fields, (set, frozenset)) else frozenset(fields)
-    text = record.decode("utf-8", "surrogateescape")
     try:
-        members = _members(text, wanted)
-    except (ValueError, IndexError):
+        parsed = json.loads(record, parse_int=_Number, parse_float=_Number, parse_constant=_Number)
+        if not isinstance(parsed, dict):
+            return b"{}"
+        members = [f"{_string(k)}:{_encode(v)}" for k, v in parsed.items() if k in fields]
+    except (ValueError, RecursionError):
         return b"{}"
-    return ("{" + ",".join(f"{k}:{v}" for k, v in members.values()) + "}").encode("utf-8", "surrogateescape")
+    return ("{" + ",".join(members) + "}").encode()
 
 
-def _members(text: str, wanted: frozenset[str] | set[str]) -> dict[str, tuple[str, str]]:
-    """name -> (key text, value text) of the wanted top-level members."""
-    found: dict[str, tuple[str, str]] = {}
-    i = _SPACE.match(text, 0).end()  # type: ignore[union-attr]
-    if text[i] != "{":
-        raise ValueError("not an object")
-    i = _SPACE.match(text, i + 1).end()  # type: ignore[union-attr]
-    if text[i] == "}":
-        return found
-    while True:
-        if text[i] != '"':
-            raise ValueError("expected a key")
-        name, key_end = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
-        key_text = text[i:key_end]
-        i = _SPACE.match(text, key_end).end()  # type: ignore[union-attr]
-        if text[i] != ":":
-            raise ValueError("expected ':'")
-        i = _SPACE.match(text, i + 1).end()  # type: ignore[union-attr]
-        _value, value_end = _DECODER.raw_decode(text, i)
-        if name in wanted:
-            found.pop(name, None)  # the last one wins, in its own place
-            found[name] = (key_text, text[i:value_end])
-        i = _SPACE.match(text, value_end).end()  # type: ignore[union-attr]
-        if text[i] == "}":
-            return found
-        if text[i] != ",":
-            raise ValueError("expected ',' or '}'")
-        i = _SPACE.match(text, i + 1).end()  # type: ignore[union-attr]
+def _string(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, _Number):
+        return str.__str__(value)
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_string(k)}:{_encode(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(map(_encode, value)) + "]"
+    return json.dumps(value)  # true, false, null
