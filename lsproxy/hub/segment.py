@@ -5,7 +5,10 @@ read): the records joined with their CRLF terminators, plus each record's byte
 end, so a reader can start at any record without touching the others. A
 segment also carries, computed once on first use and then shared by every gzip
 consumer, its raw-deflate compression (independent: ends with a full flush)
-and its CRC-32: the "compress once, share" path of serve/encoding.py.
+and its CRC-32: the "compress once, share" path of serve/encoding.py; and,
+for consumer groups, each record's share hash (hub/visitor.py), computed once
+for every member of every group. ``Block`` is what the two kinds of shared
+bytes have in common: segments, and renderings of them (serve/view.py).
 
 A *slice* is what one read of the log returns: whole segments where possible
 (shareable), and plain bytes where a reader starts or stops inside a segment.
