@@ -52,8 +52,15 @@ async def _stream_records(response: httpx.Response, hub: StreamHub, connection: 
     framer = RecordFramer()
     async for chunk in response.aiter_raw():
         records = framer.feed(chunk)
-        if records:
-            hub.append(records, connection)
+        while True:
+            if records:
+                hub.append(records, connection)
+            if not framer.pending:
+                break
+            # A few KB of gzip can inflate to gigabytes: the framer works in bounded
+            # steps, and everything else (/healthz, consumers) runs between them.
+            await trio.lowlevel.checkpoint()
+            records = framer.feed(b"")
     records = framer.feed_eof()
     if records:
         hub.append(records, connection)
