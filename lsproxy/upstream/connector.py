@@ -10,8 +10,10 @@ cross-origin.
 
 from __future__ import annotations
 
+import functools
 import math
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Protocol
 
@@ -36,6 +38,14 @@ KEEPALIVE_OPTIONS = [
     (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10),
     (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6),
 ]
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default certificate verification, set up once: loading the CA bundle takes
+    20-70 ms of the event loop, too long to repeat for every connection attempt. (A CA
+    bundle changed on disk is picked up at the next start.)"""
+    return httpx.create_ssl_context()
 
 
 async def _read_limited(response: httpx.Response, limit: int = ERROR_BODY_LIMIT) -> bytes:
@@ -120,7 +130,7 @@ async def stream_once(
     )
     streamed = False
     try:
-        transport = httpx.AsyncHTTPTransport(socket_options=KEEPALIVE_OPTIONS)
+        transport = httpx.AsyncHTTPTransport(verify=_tls_context(), socket_options=KEEPALIVE_OPTIONS)
         async with httpx.AsyncClient(
             transport=transport, timeout=timeout, trust_env=False, follow_redirects=False
         ) as client:

@@ -1,9 +1,10 @@
-"""A hostile upstream costs CPU, never liveness: /healthz answers within 100 ms while it streams.
+"""Liveness never depends on input: /healthz answers within 100 ms whatever comes in.
 
-The upstream here is a raw trio HTTP server in the test: it answers the proxy's
-request with 200, gzip, chunked, and then whatever the test gives it. /healthz
-is probed from another process with its own clock, as a liveness probe would:
-a blocked event loop shows up in the probe's timings however it is blocked.
+A hostile upstream (a raw trio HTTP server in the test: 200, gzip, chunked, then
+whatever the test gives it) costs CPU, never liveness; nor does a reload that
+opens a large store. /healthz is probed from another process with its own
+clock, as a liveness probe would: a blocked event loop shows up in the probe's
+timings however it is blocked.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ import trio
 
 from lsproxy.app import Proxy
 from lsproxy.deflate import GZIP_HEADER
-from tests.harness import proxy_config
+from lsproxy.hub.durable import DurableLog
+from lsproxy.hub.store_files import stream_db_path
+from lsproxy.simulator import SimSettings, SimStream
+from tests.harness import proxy_config, running
 
 HEALTHZ_BOUND = 0.1  # the issue's requirement: every /healthz answer within 100 ms
 CHUNK = 64 * 1024  # raw bytes per HTTP chunk (one read of the proxy's HTTP client)
@@ -165,6 +169,14 @@ class HealthProbe:
                 await process.wait()
 
 
+async def start_probe(nursery: trio.Nursery, port: int) -> HealthProbe:
+    """A probe of the proxy at ``port`` for the nursery's life, once it has answered once."""
+    probe = HealthProbe(port)
+    nursery.start_soon(probe.run)
+    await wait_for(lambda: bool(probe.timings or probe.failures), timeout=10)
+    return probe
+
+
 @asynccontextmanager
 async def proxy_in_front_of(upstream: HostileUpstream) -> AsyncIterator[tuple[Proxy, HealthProbe]]:
     """The proxy (in this process, on this trio loop) in front of ``upstream``, with /healthz
@@ -173,9 +185,7 @@ async def proxy_in_front_of(upstream: HostileUpstream) -> AsyncIterator[tuple[Pr
         await nursery.start(upstream.serve)
         proxy = Proxy(proxy_config(upstream))  # type: ignore[arg-type]
         addresses = await nursery.start(proxy.run)
-        probe = HealthProbe(addresses[0][1])
-        nursery.start_soon(probe.run)
-        await wait_for(lambda: bool(probe.timings or probe.failures), timeout=10)
+        probe = await start_probe(nursery, addresses[0][1])
         upstream.go.set()
         try:
             yield proxy, probe
@@ -243,4 +253,37 @@ async def test_healthz_answers_within_100_ms_while_the_upstream_sends_garbage(
         error = hub.snapshot(time.time())["last_error"]
         assert error is not None and error["error"] == "framing", error
         assert hub.records == 0
+        assert_probe_answered_in_time(probe, at_least=5)
+
+
+async def store_of_hits(path: str, records: int) -> None:
+    """A stream store holding ``records`` small hits, all within the default memory tail."""
+    log = await DurableLog.open(
+        path, retention_bytes=1 << 30, retention_seconds=1e9, memory_bytes=1 << 26, commit_interval=1
+    )
+    batch = 1000
+    for first in range(0, records, batch):
+        log.append(
+            [b'{"hitIdHigh":%d,"hitIdLow":%d,"pageName":"p"}' % (7, n) for n in range(first, first + batch)],
+            time.time(),
+        )
+    assert await log.commit_now()
+    await log.aclose()
+
+
+async def test_healthz_answers_within_100_ms_while_a_reload_opens_a_large_store() -> None:
+    # Opening a store seeds the de-dup window with up to dedup_window_records stored ids
+    # (default 200,000): the running proxy must not stall meanwhile.
+    settings = SimSettings(streams=(SimStream("s1", "suite-s1", 50.0), SimStream("s2", "suite-s2", 50.0)))
+    async with running(settings, streams=("s1",)) as (sim, proxy):
+        assert proxy is not None
+        await store_of_hits(stream_db_path(sim.storage_dir, "s2"), 200_000)
+        async with trio.open_nursery() as nursery:
+            probe = await start_probe(nursery, proxy.port)
+            changes = await proxy.proxy.reload(proxy_config(sim, streams=("s1", "s2")))
+            assert changes == ["stream s2: added"]
+            hub = proxy.proxy.hubs["s2"]
+            assert hub.dedup is not None and len(hub.dedup) == 200_000
+            await trio.sleep(0.3)  # and while it starts streaming
+            nursery.cancel_scope.cancel()
         assert_probe_answered_in_time(probe, at_least=5)
