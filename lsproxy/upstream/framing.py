@@ -63,6 +63,7 @@ class RecordFramer:
         "_compressed",
         "_done",
         "_error",
+        "_inflated",
         "_inflater",
         "_input",
         "_lines_left",
@@ -89,6 +90,7 @@ class RecordFramer:
         self._tail_offset = 0  # decompressed offset where the tail (or the text) starts
         self._records = 0
         self._compressed = 0
+        self._inflated = 0
         self._done = False
         self._error: str | None = None
 
@@ -101,6 +103,11 @@ class RecordFramer:
     def compressed_bytes(self) -> int:
         """Raw (compressed) bytes fed so far."""
         return self._compressed
+
+    @property
+    def inflated_bytes(self) -> int:
+        """Decompressed bytes produced so far."""
+        return self._inflated
 
     @property
     def pending(self) -> bool:
@@ -180,6 +187,7 @@ class RecordFramer:
                 # A full output block may leave output inside zlib: ask again.
                 self._more = len(block) == room and not inflater.eof
                 room -= len(block)
+                self._inflated += len(block)
                 data = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
                 self._split(block, out)
                 if not data and not self._more:
