@@ -10,7 +10,6 @@ cross-origin.
 
 from __future__ import annotations
 
-import functools
 import math
 import socket
 import ssl
@@ -40,12 +39,17 @@ KEEPALIVE_OPTIONS = [
 ]
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """httpx's default certificate verification, set up once: loading the CA bundle takes
-    20-70 ms of the event loop, too long to repeat for every connection attempt. (A CA
-    bundle changed on disk is picked up at the next start.)"""
-    return httpx.create_ssl_context()
+_tls: ssl.SSLContext | None = None
+
+
+async def _tls_context() -> ssl.SSLContext:
+    """httpx's default certificate verification, set up once and in a worker thread:
+    loading the CA bundle takes 20-70 ms, too long for the event loop and to repeat at
+    every connection attempt. (A CA bundle changed on disk is used after a restart.)"""
+    global _tls
+    if _tls is None:
+        _tls = await trio.to_thread.run_sync(httpx.create_ssl_context)
+    return _tls
 
 
 async def _read_limited(response: httpx.Response, limit: int = ERROR_BODY_LIMIT) -> bytes:
@@ -130,7 +134,7 @@ async def stream_once(
     )
     streamed = False
     try:
-        transport = httpx.AsyncHTTPTransport(verify=_tls_context(), socket_options=KEEPALIVE_OPTIONS)
+        transport = httpx.AsyncHTTPTransport(verify=await _tls_context(), socket_options=KEEPALIVE_OPTIONS)
         async with httpx.AsyncClient(
             transport=transport, timeout=timeout, trust_env=False, follow_redirects=False
         ) as client:

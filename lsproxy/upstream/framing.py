@@ -51,7 +51,7 @@ from lsproxy.errors import FramingError
 __all__ = ["STEP_BYTES", "STEP_CALLS", "STEP_LINES", "RecordFramer"]
 
 STEP_BYTES = 256 * 1024  # max decompressed bytes per step
-STEP_LINES = 4096  # max lines split per step (a bomb of tiny records)
+STEP_LINES = 2048  # max lines split per step (a bomb of tiny records)
 STEP_CALLS = 64  # max zlib calls per step (a bomb of empty gzip members)
 _BLANK = b"\r\n"
 
