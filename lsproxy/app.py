@@ -49,6 +49,8 @@ from lsproxy.upstream.supervisor import ReconnectAnswer, SupervisorControl, supe
 
 log = logging.getLogger("lsproxy")
 
+SEED_STEP = 4096  # records whose ids are scanned between checkpoints
+
 
 def _upstream_identity(stream: StreamConfig) -> tuple[object, ...]:
     """What, when changed, needs new upstream connections (retention and routes do not)."""
@@ -79,7 +81,7 @@ async def open_hub(stream: StreamConfig, storage: StorageConfig, journal: Upstre
         hub.book.restore(log_.load_cursors())
         if hub.dedup is not None:
             # Live Stream backfills from where the last life stopped: recognise that overlap.
-            hub.dedup.seed(log_.recent_records(settings.dedup_window_records), time.time())
+            await _seed_dedup(hub.dedup, log_, settings.dedup_window_records)
         recovered = log_.status().get("recovered")
         if recovered:
             log.error("stream %s: store recovered: %s", stream.name, recovered)
@@ -88,6 +90,17 @@ async def open_hub(stream: StreamConfig, storage: StorageConfig, journal: Upstre
             stream.name, log_.path, log_.next_offset, len(hub.book),
         )  # fmt: skip
     return hub
+
+
+async def _seed_dedup(dedup: DedupWindow, log_: DurableLog, count: int) -> None:
+    """Seed ``dedup`` with the newest ``count`` stored records without stalling the event
+    loop (a reload opens stores while serving): the records are copied out in a worker
+    thread (nothing else uses this log yet), their ids scanned in steps."""
+    records = await trio.to_thread.run_sync(log_.recent_records, count)
+    now = time.time()
+    for start in range(0, len(records), SEED_STEP):
+        dedup.seed(records[start : start + SEED_STEP], now)
+        await trio.lowlevel.checkpoint()
 
 
 class StreamRunner:

@@ -175,7 +175,8 @@ async def _reload_on_sighup(proxy: Proxy, config_path: str) -> None:
         async for _ in signals:
             log.info("received SIGHUP: reloading %s", config_path)
             try:
-                config = load_config(config_path)
+                # Reading and validating the file (up to 1 MiB): off the event loop.
+                config = await trio.to_thread.run_sync(load_config, config_path, abandon_on_cancel=True)
             except ConfigError as exc:
                 log.error("config reload rejected, the running config stays: %s", exc)
                 continue

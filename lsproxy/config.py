@@ -233,10 +233,12 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
     try:
         with open(name, "rb") as f:
             mode = os.fstat(f.fileno()).st_mode
-            data = f.read()
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError(_one_line(f"{name}: cannot read config: {reason}")) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{name}: cannot read config: larger than {MAX_CONFIG_BYTES // 1024} KiB")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -285,10 +287,17 @@ def parse_config(
 def _parse(
     text: str, path: str, environ: Mapping[str, str] | None, base_dir: str, file_mode: int | None
 ) -> Config:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    if deep := _DEEP_KEY.search(text):
+        line = text.count("\n", 0, deep.start()) + 1
+        raise ConfigError(f"{path}: line {line}: a dotted key of more than {MAX_KEY_PARTS} parts")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(_one_line(f"{path}: {_toml_error(exc)}")) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
     env = os.environ if environ is None else environ
     return _Parser(path, env, base_dir, file_mode).parse(raw)
 
@@ -296,6 +305,14 @@ def _parse(
 # --------------------------------------------------------------------------- #
 # Implementation
 # --------------------------------------------------------------------------- #
+
+# Bounds on the work of reading a config (a reload runs while the proxy serves):
+# far beyond any real config, and tomllib's work grows with the square of the
+# number of parts of a dotted key (``a.b.c = 1``), so those are bounded too.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_KEY_PARTS = 16
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
+_DEEP_KEY = re.compile(rf"^[ \t]*(?:{_KEY_PART}[ \t]*\.[ \t]*){{{MAX_KEY_PARTS}}}", re.MULTILINE)
 
 _TOP_KEYS = ("server", "storage", "upstream", "credentials", "streams", "consumers")
 _SERVER_KEYS = (

@@ -8,6 +8,7 @@ module is the OAuth one: fetches, the refresh loop driven by the pure
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -26,6 +27,7 @@ log = logging.getLogger("lsproxy.credentials")
 
 DEFAULT_TOKEN_URL = "https://ims-na1.adobelogin.com/ims/token/v3"
 FETCH_TIMEOUT = 10.0
+TOKEN_BODY_LIMIT = 64 * 1024  # far above any token response; bounds what is read and parsed
 GRANT_TYPE = "client_credentials"
 _DETAIL_LIMIT = 200
 
@@ -261,38 +263,39 @@ class OAuthTokenProvider:
         }
         headers = {"Accept": "application/json"}
         failed: str | None = None
-        response: httpx.Response | None = None
+        answer: tuple[int, bytes] | None = None
         try:
             with trio.fail_after(FETCH_TIMEOUT):
                 if self._http is not None:
-                    response = await self._http.post(
-                        o.token_url, data=form, headers=headers, timeout=FETCH_TIMEOUT
-                    )
+                    answer = await _post(self._http, o.token_url, form, headers)
                 else:
                     async with httpx.AsyncClient(
                         trust_env=False, timeout=FETCH_TIMEOUT, follow_redirects=False
                     ) as client:
-                        response = await client.post(o.token_url, data=form, headers=headers)
+                        answer = await _post(client, o.token_url, form, headers)
         except (trio.TooSlowError, httpx.TimeoutException):
             failed = f"timed out after {FETCH_TIMEOUT:g} s"
         except (httpx.HTTPError, OSError) as exc:
             failed = f"network error ({type(exc).__name__})"
         del form
-        if failed is not None or response is None:
+        if failed is not None or answer is None:
             raise CredentialsError(
                 f"credentials {self.name}: token request to {self._url_shown} failed: {failed}"
             )
-        return self._parse(response)  # ``secret`` is alive, so redacted, while it is parsed
+        return self._parse(*answer)  # ``secret`` is alive, so redacted, while it is parsed
 
-    def _parse(self, response: httpx.Response) -> tuple[Secret, float]:
-        status = response.status_code
+    def _parse(self, status: int, raw: bytes) -> tuple[Secret, float]:
+        prefix = f"credentials {self.name}: token request to {self._url_shown}"
+        if len(raw) > TOKEN_BODY_LIMIT:
+            raise CredentialsError(
+                f"{prefix}: HTTP {status} with a body over {TOKEN_BODY_LIMIT // 1024} KiB, not a token response"
+            )
         payload: object = None
         try:
-            payload = response.json()
+            payload = json.loads(raw)
         except ValueError:
             payload = None
         body = payload if isinstance(payload, Mapping) else {}
-        prefix = f"credentials {self.name}: token request to {self._url_shown}"
         if status != 200:
             error = _clean(body.get("error"))
             desc = _clean(body.get("error_description"))
@@ -319,6 +322,20 @@ class OAuthTokenProvider:
 # --------------------------------------------------------------------------- #
 # Helpers
 # --------------------------------------------------------------------------- #
+
+
+async def _post(
+    client: httpx.AsyncClient, url: str, form: dict[str, str], headers: dict[str, str]
+) -> tuple[int, bytes]:
+    """POST ``form``: the status and the body, of which at most TOKEN_BODY_LIMIT + 1 bytes
+    are read (a token response is a few hundred bytes; a larger one is never parsed)."""
+    async with client.stream("POST", url, data=form, headers=headers, timeout=FETCH_TIMEOUT) as response:
+        body = b""
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > TOKEN_BODY_LIMIT:
+                break
+        return response.status_code, body[: TOKEN_BODY_LIMIT + 1]
 
 
 def _copy(exc: CredentialsError) -> CredentialsError:

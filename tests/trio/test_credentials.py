@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -445,6 +445,23 @@ async def test_ims_errors_mask_the_current_token_and_a_file_secret_however_short
     shown = str(info.value) + json.dumps(provider.status())
     assert "see /***?c=***" in shown
     assert_safe(shown, "tk9", "Qf5s")
+
+
+async def test_a_huge_token_response_is_neither_read_whole_nor_parsed() -> None:
+    produced = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal produced
+        for _ in range(800):  # 50 MB of JSON-looking bytes
+            produced += 1
+            yield b'{"access_token":"' + b"t" * 65_536
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body())
+
+    with pytest.raises(CredentialsError, match="body over 64 KiB, not a token response"):
+        await mock_provider(handler).get()
+    assert produced <= 3
 
 
 async def test_fetch_timeout(autojump_clock) -> None:

@@ -2336,3 +2336,29 @@ def test_consumer_group_resume_and_browser_keys() -> None:
 )
 def test_bad_consumer_group_resume_and_browser_keys(line: str, expected: str) -> None:
     assert expected in error(f"[server]\n{line}\n" + MINIMAL)
+
+
+# -- bounded work: a reload reads and parses the file while the proxy serves -----------
+
+
+def test_a_config_file_over_1_mib_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    path = tmp_path / "huge.toml"
+    path.write_text(MINIMAL + "# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match=r"huge\.toml: cannot read config: larger than 1024 KiB"):
+        load_config(path, environ={})
+
+
+def test_tables_or_arrays_nested_too_deeply_are_a_config_error() -> None:
+    for value in ("[" * 50_000 + "]" * 50_000, "{a = " * 5_000 + "1" + "}" * 5_000):
+        with pytest.raises(ConfigError, match="nested too deeply"):
+            parse(MINIMAL + f"x = {value}\n")
+
+
+def test_a_dotted_key_of_many_parts_is_refused_before_tomllib_sees_it() -> None:
+    # tomllib's work grows with the square of the number of parts: 100,000 would exhaust memory.
+    with pytest.raises(ConfigError, match=r"line 5: a dotted key of more than 16 parts"):
+        parse(MINIMAL + "a." * 100_000 + "b = 1\n")
+    with pytest.raises(ConfigError, match="dotted key"):
+        parse(MINIMAL + ' "a\\".b" . ' * 20 + "b = 1\n")
+    config = parse(MINIMAL.replace("[streams.prod]\nurl", '[streams]\nprod . "url"'))  # a few parts are fine
+    assert config.streams[0].url.endswith("/acme-prod")
