@@ -22,6 +22,7 @@ from lsproxy.hub.stream import StreamHub
 from lsproxy.secret import redact
 from lsproxy.serve import endpoints
 from lsproxy.serve.consumer import StreamSettings, serve_stream
+from lsproxy.serve.endpoints import ClusterView
 from lsproxy.serve.http import HttpConnection
 from lsproxy.serve.routes import EndpointRequest, ErrorReply, Router, StreamRequest
 
@@ -115,6 +116,7 @@ class ConsumerServer:
         self._accepting = trio.CancelScope()
         self._handlers = trio.CancelScope()
         self.finished = trio.Event()
+        self.cluster: ClusterView | None = None  # cluster mode: its state in /status and /readyz
 
     async def run(
         self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
@@ -198,10 +200,14 @@ class ConsumerServer:
                 return
             if isinstance(route, StreamRequest):
                 del request  # the route has what the stream needs; idle consumers are many
-                await serve_stream(http, self.hubs[route.stream], route, self.stream_settings)
+                hub = self.hubs[route.stream]
+                if hub.unavailable is not None and (why := hub.unavailable(hub)) is not None:
+                    await http.send_error(ErrorReply(503, "service_unavailable", why), ERROR_WRITE_TIMEOUT)
+                    return
+                await serve_stream(http, hub, route, self.stream_settings)
                 return
             assert isinstance(route, EndpointRequest)
-            status, body = endpoints.render(route.name, self.hubs, self.started_at)
+            status, body = endpoints.render(route.name, self.hubs, self.started_at, self.cluster)
             headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
             if not _keep_alive(request):
                 headers.append((b"connection", b"close"))

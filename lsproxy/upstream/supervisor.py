@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from lsproxy.config import UpstreamSettings
-from lsproxy.hub.journal import ConnectionRecord
+from lsproxy.hub.journal import AttemptRecord
 from lsproxy.hub.stream import UpstreamStatus
 from lsproxy.upstream.backoff import Failure, ReconnectPolicy
 from lsproxy.upstream.outcome import Outcome, classify_end
@@ -35,7 +35,7 @@ async def supervise(
     attempt: Attempt,
     *,
     not_before: float | None = None,
-    journal: ConnectionRecord | None = None,
+    journal: AttemptRecord | None = None,
     rng: random.Random | None = None,
 ) -> None:
     """Run one upstream connection of stream ``name`` forever, publishing into ``status``.
