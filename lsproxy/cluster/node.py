@@ -120,6 +120,7 @@ class ClusterNode:
         cfg = self.config
         options: dict[str, Any] = {
             "servers": list(cfg.nats),
+            "dont_randomize": True,  # seeds in the order given: the nearest first
             "name": f"lsproxy-{cfg.node}",
             "connect_timeout": 2,
             "allow_reconnect": True,

@@ -15,11 +15,13 @@ from lsproxy.app import Proxy
 from lsproxy.config import Config
 from lsproxy.simulator import SimSettings, SimStream
 from tests.cluster_harness import free_ports, nats_available, nats_cluster
-from tests.harness import ProxyUnderTest, SimUnderTest, StreamReader, proxy_config, running, seq_of
+from tests.harness import ProxyUnderTest, SimUnderTest, StreamReader, proxy_config, running
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not nats_available(), reason="nats-server is not installed (scripts/test installs it)"),
+    pytest.mark.skipif(
+        not nats_available(), reason="nats-server is not installed (scripts/test installs it)"
+    ),
 ]
 
 
