@@ -37,8 +37,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import platform
 import re
-import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -478,11 +478,12 @@ class _Parser(_CredentialsParser):
                 f'expected a list of NATS server URLs (e.g. ["nats://127.0.0.1:4222"]), got {_describe(seeds, show=False)}',
             )
         urls = tuple(self.nats_url(url, (*nkey,)) for url in seeds)
-        node = t.get("node", socket.gethostname())
+        node = t.get("node", platform.node())
         if not isinstance(node, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", node):
             self.fail(
                 (*key, "node"),
-                f"expected a node name of 1-64 letters, digits, '-', '_', '.', got {_describe(node)}",
+                f"expected a node name of 1-64 letters, digits, '-', '_', '.', got {_describe(node)}"
+                + ("" if "node" in t else " (the host name; set node)"),
             )
         kwargs: dict[str, Any] = {"nats": urls, "node": node}
         if "replicas" in t:
