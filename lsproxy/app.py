@@ -39,12 +39,14 @@ from lsproxy.hub.store_files import (
     write_pid_file,
 )
 from lsproxy.hub.stream import StreamHub
+from lsproxy.serve.auth import AccessControl
 from lsproxy.serve.consumer import StreamSettings
 from lsproxy.serve.routes import Router
 from lsproxy.serve.server import ConsumerServer
+from lsproxy.serve.tls import ServerTls
 from lsproxy.upstream.connector import stream_once
 from lsproxy.upstream.credentials import TokenProvider, make_provider
-from lsproxy.upstream.supervisor import supervise
+from lsproxy.upstream.supervisor import ReconnectAnswer, SupervisorControl, supervise
 
 if TYPE_CHECKING:
     from lsproxy.cluster.mode import ClusterMode
@@ -120,6 +122,7 @@ class StreamRunner:
         self.upstream_scope = trio.CancelScope()
         self.storage_scope = trio.CancelScope()
         self.done = trio.Event()  # the upstream connections are closed
+        self.controls = [SupervisorControl() for _ in hub.upstreams]  # the admin API's reconnect
 
     @property
     def upstream(self) -> str:
@@ -185,7 +188,9 @@ class StreamRunner:
                     for i, status in enumerate(self.hub.upstreams):
                         name = stream.name if len(self.hub.upstreams) == 1 else f"{stream.name}#{i + 1}"
                         attempt = functools.partial(stream_once, stream, self.hub, self.tokens, connection=i)
-                        run = functools.partial(supervise, name, stream.upstream, status, attempt)
+                        run = functools.partial(
+                            supervise, name, stream.upstream, status, attempt, control=self.controls[i]
+                        )
                         if self.cluster is not None:  # only while this node holds the slot's lease
                             nursery.start_soon(self.cluster.run_slot, stream, i, status, run, hold)
                             continue
@@ -208,6 +213,7 @@ class Proxy:
         self.journal: UpstreamJournal | None = None
         self.cluster = _cluster_mode(config)
         server = config.server
+        self.access = AccessControl(config.consumers)
         self.server = ConsumerServer(
             self.hubs,
             config.routes,
@@ -219,6 +225,10 @@ class Proxy:
                 write_timeout=server.write_timeout,
                 replay_window_bytes=server.replay_window_bytes,
             ),
+            access=self.access,
+            # The files were checked when the config loaded; a TlsFileError here means they changed since.
+            tls=ServerTls(server.tls_cert, server.tls_key) if server.tls_cert and server.tls_key else None,
+            reconnect=self.reconnect,
         )
         if self.cluster is not None:
             self.server.cluster = self.cluster
@@ -293,6 +303,11 @@ class Proxy:
         for runner in self.runners.values():
             runner.storage_scope.cancel()  # a last persist and a final commit each
 
+    def reconnect(self, stream: str) -> list[ReconnectAnswer]:
+        """The admin API asks for an upstream attempt now (each connection decides by the rule)."""
+        runner = self.runners.get(stream)
+        return [control.reconnect() for control in runner.controls] if runner is not None else []
+
     # -- streams ------------------------------------------------------------
     def _provider(self, credentials: Credentials) -> TokenProvider:
         """One shared token provider per credential set, refreshing in the background."""
@@ -361,11 +376,30 @@ class Proxy:
                 self.hubs[name].log.retention_bytes = stream.retention_bytes
                 self.runners[name].config = stream
                 changes.append(f"stream {name}: updated in place")
+        changes += self._reload_access(new)
         in_use = {stream.credentials for stream in new.streams}
         for credentials in self.providers.keys() - in_use:
             self.providers.pop(credentials)[1].cancel()
         self.server.router = Router(new.routes)
         self.config = new
+        return changes
+
+    def _reload_access(self, new: Config) -> list[str]:
+        """New consumer tables apply at once; certificates are re-read from the same files."""
+        changes = []
+        if self.server.tls is not None:
+            changes.append(self.server.tls.reload())
+        server = self.config.server  # the running one: [server] changes wait for a restart
+        if new.consumers == self.access.consumers:
+            return changes
+        if not new.consumers and not server.loopback and not server.allow_unauthenticated:
+            changes.append(
+                "consumers: kept the running [consumers] tables: without them this listener "
+                "would serve everyone (allow_unauthenticated is not set)"
+            )
+            return changes
+        self.access.replace_consumers(new.consumers)
+        changes.append(f"consumers: {len(new.consumers)} [consumers] tables apply to new requests")
         return changes
 
 

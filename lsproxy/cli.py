@@ -1,4 +1,5 @@
-"""Command line: run / check / simulate / --version. ``main(argv) -> exit status``."""
+"""Command line: run / check / reload / simulate / --version, and the operator
+commands of ``cli_admin.py`` (token, status, cursor). ``main(argv) -> exit status``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from lsproxy import __version__, simulator
+from lsproxy import __version__, cli_admin, simulator
 from lsproxy.app import Proxy
 from lsproxy.config import Config, load_config
 from lsproxy.errors import BindError, ConfigError
@@ -19,6 +20,7 @@ from lsproxy.hub.store import StoreError
 from lsproxy.hub.store_files import PID_NAME, read_pid_file
 from lsproxy.secret import redact
 from lsproxy.simulator import SimSettings
+from lsproxy.tls_files import TlsFileError
 
 log = logging.getLogger("lsproxy")
 sim_log = logging.getLogger("lsproxy.simulator")
@@ -75,11 +77,14 @@ def _parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser("simulate", help="run the built-in Live Stream simulator")
     simulate.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     simulator.add_arguments(simulate)
+    cli_admin.add_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in cli_admin.COMMANDS:
+        return cli_admin.run(args)
     if args.command == "simulate":
         configure_logging(args.log_level, prefix=SIMULATOR_LOG_PREFIX)
         try:
@@ -99,7 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     for warning in config.warnings:
         log.warning("%s", warning)
-    proxy = Proxy(config)
+    try:
+        proxy = Proxy(config)
+    except TlsFileError as exc:  # the files changed since the config was checked
+        log.error("%s: server.%s: %s", config.path, exc.which, exc.problem)
+        return 1
     try:
         return trio.run(_serve_proxy, proxy, args.config)
     except* (BindError, StoreError) as group:
@@ -132,7 +141,16 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 def _check(config: Config) -> int:
     print(f"{config.path}: ok")
     host = f"[{config.server.host}]" if ":" in config.server.host else config.server.host
-    print(f"consumers connect to http://{host}:{config.server.port}")
+    scheme = "https" if config.server.tls_cert else "http"
+    print(f"consumers connect to {scheme}://{host}:{config.server.port}")
+    if config.server.tls_cert:
+        print(f"TLS: {config.server.tls_cert} (key {config.server.tls_key})")
+    for consumer in config.consumers:
+        streams = ", ".join(sorted(consumer.streams)) if consumer.streams is not None else "every stream"
+        admin = ", admin" if consumer.admin else ""
+        print(f"consumer {consumer.name}: {streams}{admin} (token: {consumer.source})")
+    if not config.consumers:
+        print("consumers are not authenticated (no [consumers] tables)")
     for stream in config.streams:
         print(f"stream {stream.name}: upstream {stream.url} (credentials: {stream.credentials.source})")
         for key in stream.route_keys:

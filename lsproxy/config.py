@@ -12,7 +12,8 @@ under ``[credentials]`` are never echoed. Credential sets are parsed in
 Layout (all tables but ``[credentials.*]`` and ``[streams.*]`` are optional)::
 
     [server]                 listen, heartbeat_interval, request_timeout,
-                             write_timeout, shutdown_grace, replay_window_bytes
+                             write_timeout, shutdown_grace, replay_window_bytes,
+                             tls_cert, tls_key, allow_unauthenticated
     [storage]                dir, durable, retention_seconds, retention_bytes,
                              memory_bytes, commit_interval, heartbeat_interval
     [upstream]               reconnect_delay, max_reconnect_delay, connect_timeout,
@@ -27,9 +28,14 @@ Layout (all tables but ``[credentials.*]`` and ``[streams.*]`` are optional)::
     [streams.<name>]         url, report_suite, credentials, initial_reset,
                              retention_bytes, retention_seconds (default from
                              [storage]), and any [upstream] key as an override
+    [consumers.<name>]       token_sha256 | token_env | token_file, streams, admin
+                             (config_consumers.py); any table turns authentication on
 
-Relative paths (``storage.dir``, ``token_file``, ``client_secret_file``) are
-relative to the directory of the configuration file.
+Relative paths (``storage.dir``, ``token_file``, ``client_secret_file``,
+``tls_cert``, ``tls_key``) are relative to the directory of the configuration file.
+
+A listen address that is not loopback needs ``[consumers.<name>]`` tables (or an
+explicit ``allow_unauthenticated = true``): otherwise the configuration is an error.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from lsproxy.config_consumers import ConsumerAccess, _ConsumersParser
 from lsproxy.config_credentials import (
     CREDENTIAL_KINDS,
     CREDENTIAL_SET_KEYS,
@@ -65,6 +72,7 @@ from lsproxy.config_credentials import (
 )
 from lsproxy.errors import ConfigError
 from lsproxy.secret import Secret
+from lsproxy.tls_files import TlsFileError, server_context
 
 __all__ = [
     "ADOBE_MIN_RECONNECT_DELAY",
@@ -82,6 +90,7 @@ __all__ = [
     "MIN_RETENTION_BYTES",
     "ClusterConfig",
     "Config",
+    "ConsumerAccess",
     "Credentials",
     "OAuthSettings",
     "ServerConfig",
@@ -89,6 +98,7 @@ __all__ = [
     "StreamConfig",
     "UpstreamSettings",
     "load_config",
+    "load_server_config",
     "parse_config",
     "read_secret_file",
 ]
@@ -123,6 +133,14 @@ class ServerConfig:
     write_timeout: float = 30.0
     shutdown_grace: float = 5.0
     replay_window_bytes: int | None = None  # None = "auto"
+    tls_cert: str | None = None  # absolute paths of PEM files; both or neither
+    tls_key: str | None = None
+    #: A non-loopback listen without [consumers] tables is refused unless this is true.
+    allow_unauthenticated: bool = False
+
+    @property
+    def loopback(self) -> bool:
+        return _is_loopback(self.host)
 
 
 @dataclass(frozen=True)
@@ -207,6 +225,8 @@ class Config:
     routes: Mapping[str, str] = field(hash=False)  # route key -> stream name (read-only)
     warnings: tuple[str, ...]
     cluster: ClusterConfig | None = None  # None: one node, the embedded store
+    #: [consumers.<name>] tables; empty: consumers are not authenticated.
+    consumers: tuple[ConsumerAccess, ...] = ()
 
 
 # --------------------------------------------------------------------------- #
@@ -237,6 +257,22 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
         ) from None
     base_dir = os.path.dirname(os.path.abspath(name))
     return _parse(text, name, environ, base_dir, mode)
+
+
+def load_server_config(path: str | os.PathLike[str]) -> ServerConfig:
+    """Only the ``[server]`` table of the file at *path*, for the operator commands
+    (``lsproxy status``, ``lsproxy cursor``): they need the listen address and TLS
+    files, not the credentials' environment variables."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(_one_line(f"{name}: cannot read config: {exc.strerror or exc}")) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(_one_line(f"{name}: cannot read config: {exc}")) from None
+    parser = _Parser(name, os.environ, os.path.dirname(os.path.abspath(name)), None)
+    return parser.server(raw.get("server", {}))
 
 
 def parse_config(
@@ -273,7 +309,7 @@ def _parse(
 # Implementation
 # --------------------------------------------------------------------------- #
 
-_TOP_KEYS = ("server", "storage", "upstream", "credentials", "streams", "cluster")
+_TOP_KEYS = ("server", "storage", "upstream", "credentials", "streams", "consumers", "cluster")
 _CLUSTER_KEYS = (
     "nats",
     "node",
@@ -296,6 +332,9 @@ _SERVER_KEYS = (
     "write_timeout",
     "shutdown_grace",
     "replay_window_bytes",
+    "tls_cert",
+    "tls_key",
+    "allow_unauthenticated",
 )
 _STORAGE_KEYS = tuple(f.name for f in dataclasses.fields(StorageConfig))
 _STORAGE_ONLY_KEYS = ("dir", "durable", "memory_bytes", "commit_interval")
@@ -371,7 +410,7 @@ def _route_problem(key: str) -> str | None:
     return None
 
 
-class _Parser(_CredentialsParser):
+class _Parser(_CredentialsParser, _ConsumersParser):
     def __init__(self, path: str, environ: Mapping[str, str], base_dir: str, file_mode: int | None) -> None:
         super().__init__(path, environ, base_dir, file_mode)
         self.inherit_reconnect = False  # some stream uses [upstream]'s reconnect_delay
@@ -413,6 +452,8 @@ class _Parser(_CredentialsParser):
         streams = self.streams(raw.get("streams"), credentials, upstream, storage)
         routes = self.routes(streams)
         cluster = self.cluster(raw["cluster"]) if "cluster" in raw else None
+        consumers = self.consumers(raw.get("consumers"), routes)
+        self.exposure(server, consumers)
 
         if (
             upstream.reconnect_delay < ADOBE_MIN_RECONNECT_DELAY
@@ -436,6 +477,7 @@ class _Parser(_CredentialsParser):
             routes=MappingProxyType(routes),
             warnings=tuple(self.warnings),
             cluster=cluster,
+            consumers=consumers,
         )
 
     def server(self, value: Any) -> ServerConfig:
@@ -455,14 +497,59 @@ class _Parser(_CredentialsParser):
             kwargs["replay_window_bytes"] = self.replay_window(
                 t["replay_window_bytes"], (*key, "replay_window_bytes")
             )
-        server = ServerConfig(**kwargs)
-        if not _is_loopback(server.host):
+        if "allow_unauthenticated" in t:
+            kwargs["allow_unauthenticated"] = self.boolean(
+                t["allow_unauthenticated"], (*key, "allow_unauthenticated")
+            )
+        kwargs.update(self.tls(t, key))
+        return ServerConfig(**kwargs)
+
+    def tls(self, t: Mapping[str, Any], key: _Key) -> dict[str, str]:
+        """tls_cert and tls_key (both or neither), checked by loading them as the server will."""
+        present = [name for name in ("tls_cert", "tls_key") if name in t]
+        if not present:
+            return {}
+        if len(present) == 1:
+            missing = "tls_key" if present == ["tls_cert"] else "tls_cert"
+            self.fail((*key, present[0]), f"needs {missing} too (PEM files of the certificate and its key)")
+        paths = {name: self.path_value(t[name], (*key, name)) for name in present}
+        try:
+            server_context(paths["tls_cert"], paths["tls_key"])
+        except TlsFileError as exc:
+            self.fail((*key, exc.which), exc.problem)
+        if _mode(paths["tls_key"]) & 0o044:
+            self.warn((*key, "tls_key"), f"{paths['tls_key']} is readable by others (chmod 600 it)")
+        return paths
+
+    def exposure(self, server: ServerConfig, consumers: tuple[ConsumerAccess, ...]) -> None:
+        """A listener others can reach must authenticate its consumers, unless told otherwise."""
+        key: _Key = ("server",)
+        if consumers and server.allow_unauthenticated:
+            self.warn(
+                (*key, "allow_unauthenticated"),
+                "has no effect: [consumers] tables exist, so every request needs a token",
+            )
+        if server.loopback:
+            return
+        if not consumers and not server.allow_unauthenticated:
+            self.fail(
+                (*key, "listen"),
+                f"listening on {server.host} without [consumers.<name>] tables would let anyone who "
+                "can reach it read every stream: add consumer tables (lsproxy token new NAME) "
+                "or set allow_unauthenticated = true",
+            )
+        if not consumers:
             self.warn(
                 (*key, "listen"),
                 f"listening on {server.host}: consumers are not authenticated, "
                 "anyone who can reach this address can read the stream",
             )
-        return server
+        elif server.tls_cert is None:
+            self.warn(
+                (*key, "listen"),
+                f"listening on {server.host} without TLS: tokens and records travel unencrypted "
+                "(set tls_cert and tls_key)",
+            )
 
     def cluster(self, value: Any) -> ClusterConfig:
         key: _Key = ("cluster",)
@@ -803,6 +890,13 @@ class _Parser(_CredentialsParser):
                     )
                 owners.setdefault(route, (s.name, role))
         return {route: owner for route, (owner, _) in owners.items()}
+
+
+def _mode(path: str) -> int:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0
 
 
 def _reconnect_note(delay: float) -> str:

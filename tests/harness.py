@@ -64,7 +64,8 @@ def proxy_config(
 ) -> Config:
     """A config for the proxy in front of ``sim``: fast delays, ephemeral port.
     ``endpoints`` maps a stream name to another simulator endpoint than its own name.
-    Keyword arguments override [server] keys (``SERVER_KEYS``) or [upstream] keys."""
+    Keyword arguments (TOML literals) override [server] keys or [upstream] keys;
+    ``extra`` is TOML added after the [storage] table (more keys, or whole tables)."""
     server: dict[str, Any] = {
         "listen": '"127.0.0.1:0"',
         "heartbeat_interval": 0.2,
@@ -78,8 +79,9 @@ def proxy_config(
         "connect_timeout": 2,
         "healthy_after": 0.5,
     }
+    server_only = ("replay_window_bytes", "tls_cert", "tls_key", "allow_unauthenticated")
     for key, value in overrides.items():
-        (server if key in server or key == "replay_window_bytes" else settings)[key] = value
+        (server if key in server or key in server_only else settings)[key] = value
     lines = [
         "[server]",
         *(f"{k} = {v}" for k, v in server.items()),

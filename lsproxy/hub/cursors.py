@@ -11,6 +11,11 @@ synchronously), and the caller cancels the old connection afterwards. Progress
 reported under a stale lease is ignored, so a dying connection can never move
 a cursor that someone else now owns.
 
+An operator may move or forget a named cursor (the admin API): the holding
+connection's lease goes stale the same way, and the caller ends that
+connection. Lease generations are unique within the book, so a lease of a
+forgotten cursor never matches a new cursor of the same name.
+
 The delivery rule. ``send_all`` returning only means the kernel took the
 bytes; a consumer killed at that moment loses whatever sat in our send buffer,
 in its receive buffer and in its own read buffers. So a cursor is not simply
@@ -109,6 +114,7 @@ class CursorBook:
     def __init__(self) -> None:
         self._cursors: dict[str, Cursor] = {}
         self._anonymous = 0
+        self._generations = 0  # the last lease generation handed out, book-wide
 
     def __len__(self) -> int:
         return len(self._cursors)
@@ -180,7 +186,8 @@ class CursorBook:
         if start < oldest:
             cursor.skipped += oldest - start
             start = oldest
-        cursor.generation += 1
+        self._generations += 1
+        cursor.generation = self._generations
         cursor.connections += 1
         cursor.position = start
         cursor.delivery = Delivery(start, window_bytes)
@@ -212,6 +219,30 @@ class CursorBook:
         self._release(cursor)
         if not cursor.named:
             del self._cursors[lease.name]
+
+    def move(self, name: str, position: int) -> Cursor:
+        """An operator sets named cursor ``name`` to ``position`` (creating it if needed).
+        A connection holding it loses its lease: the caller ends that connection, and
+        the consumer resumes at ``position`` when it reconnects."""
+        cursor = self._cursors.get(name)
+        if cursor is None:
+            cursor = self._cursors[name] = Cursor(name, named=True, position=position)
+            return cursor
+        if not cursor.named:
+            raise ValueError(f"{name!r} is an anonymous consumer's cursor")
+        if cursor.delivery is not None:
+            cursor.delivery = None
+            self._generations += 1
+            cursor.generation = self._generations  # the connection's lease is stale now
+        cursor.position = position
+        return cursor
+
+    def forget(self, name: str) -> Cursor | None:
+        """An operator deletes named cursor ``name``; a connection holding it loses its lease."""
+        cursor = self._cursors.get(name)
+        if cursor is None or not cursor.named:
+            return None
+        return self._cursors.pop(name)
 
     @staticmethod
     def _release(cursor: Cursor) -> None:

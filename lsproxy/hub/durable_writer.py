@@ -130,8 +130,9 @@ class DurableWriter(abc.ABC):
         return dict(self._cursors)
 
     def save_cursors(self, cursors: Mapping[str, tuple[int, int]]) -> None:
-        """The cursors to persist with the next commit (only changed ones are written;
-        a name missing from the snapshot stays as stored)."""
+        """The cursors to persist with the next commit: every named cursor (only changed
+        ones are written; a stored name missing from the snapshot, one an operator
+        deleted, is deleted)."""
         self._snapshot = dict(cursors)
 
     def get_meta(self, key: str) -> str | None:
@@ -225,14 +226,16 @@ class DurableWriter(abc.ABC):
         segments = self._queue.take(MAX_COMMIT_BYTES)
         snapshot = self._snapshot
         cursors = {}
+        forgotten: list[str] = []
         if snapshot is not None:
             cursors = {k: v for k, v in snapshot.items() if self._stored_cursors.get(k) != v}
+            forgotten = [k for k in self._stored_cursors if k not in snapshot]
         meta = dict(self._dirty_meta)
         next_offset = self._next
-        idle = not (segments or cursors or meta)
+        idle = not (segments or cursors or forgotten or meta)
         if idle and (self._trim_below, next_offset) == (self._trim_written, self._next_written):
             return True
-        work = Commit(segments, self._trim_below, next_offset, cursors, meta, now)
+        work = Commit(segments, self._trim_below, next_offset, cursors, meta, now, forgotten)
         try:
             done = await trio.to_thread.run_sync(self._store.commit, work, abandon_on_cancel=abandon)
         except (sqlite3.Error, OSError) as exc:
@@ -250,6 +253,9 @@ class DurableWriter(abc.ABC):
         self._trim_written, self._next_written = work.trim_below, work.next_offset
         self._stored_cursors.update(work.cursors)
         self._cursors.update(work.cursors)
+        for name in work.forgotten:
+            self._stored_cursors.pop(name, None)
+            self._cursors.pop(name, None)
         if self._snapshot is snapshot:
             self._snapshot = None
         for key, value in work.meta.items():

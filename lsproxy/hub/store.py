@@ -127,6 +127,7 @@ class Commit:
     cursors: Mapping[str, tuple[int, int]]  # changed ones only
     meta: Mapping[str, str]  # changed ones only
     now: float
+    forgotten: Sequence[str] = ()  # cursors to delete
 
 
 @dataclass
@@ -234,6 +235,7 @@ class Store:
                 # retry idempotent (nothing at or above the batch is committed otherwise).
                 conn.execute("DELETE FROM segments WHERE first >= ?", (work.segments[0].first,))
                 conn.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", params())
+            conn.executemany("DELETE FROM cursors WHERE name = ?", [(name,) for name in work.forgotten])
             conn.executemany(
                 "INSERT INTO cursors VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "position = excluded.position, skipped = excluded.skipped, updated_at = excluded.updated_at",

@@ -4,7 +4,10 @@ The upstream side appends to ``log`` and keeps ``upstream`` (a status snapshot)
 current; the consumer side subscribes, reads the log from its lease's start and
 reports progress. Neither side ever awaits the other. Takeover of a named
 cursor cancels the previous holder's connection through the cancel scope it
-registered.
+registered. An operator's cursor move (``move_cursor``, ``forget_cursor``)
+instead asks the holding connection to end its response cleanly
+(``Subscription.end``): its consumer sees a normal end of stream and resumes at
+the new position when it reconnects.
 """
 
 from __future__ import annotations
@@ -44,6 +47,14 @@ class Subscription:
     def __init__(self, hub: StreamHub, lease: Lease) -> None:
         self.hub = hub
         self.lease = lease
+        self.ending = False  # an operator moved or forgot the cursor: end the response cleanly
+        self.wait_scope: trio.CancelScope | None = None  # the pump's wait for records, if waiting
+
+    def end(self) -> None:
+        """Ask the connection to end its response cleanly, waking it if it waits."""
+        self.ending = True
+        if self.wait_scope is not None:
+            self.wait_scope.cancel()
 
     @property
     def start(self) -> int:
@@ -92,6 +103,8 @@ class StreamHub:
         #: Why consumers cannot be served yet (cluster mode before JetStream answers), or None.
         self.unavailable: Callable[[StreamHub], str | None] | None = None
         self._scopes: dict[str, tuple[int, trio.CancelScope]] = {}
+        self._subscriptions: dict[str, Subscription] = {}  # named cursor -> its connection
+        self.last_seen: dict[str, float] = {}  # named cursor -> wall clock of its last connection
 
     def resize_upstreams(self, connections: int) -> None:
         """A reload changed the number of upstream connections (their loops are restarted)."""
@@ -129,13 +142,43 @@ class StreamHub:
             previous[1].cancel()
             log.info("stream %s: consumer %s reconnected, took over", self.name, lease.name)
         self._scopes[lease.name] = (lease.generation, cancel_scope)
-        return Subscription(self, lease)
+        sub = Subscription(self, lease)
+        if consumer is not None:
+            self._subscriptions[lease.name] = sub
+            self.last_seen[lease.name] = time.time()
+        return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         self.book.detach(sub.lease)
         held = self._scopes.get(sub.lease.name)
         if held is not None and held[0] == sub.lease.generation:
             del self._scopes[sub.lease.name]
+        if self._subscriptions.get(sub.lease.name) is sub:
+            del self._subscriptions[sub.lease.name]
+            if self.book.get(sub.lease.name) is not None:  # not forgotten meanwhile
+                self.last_seen[sub.lease.name] = time.time()
+
+    def move_cursor(self, name: str, position: int) -> bool:
+        """An operator sets named cursor ``name`` (created if new) to ``position``,
+        clamped to the retained records. True when a connection held it: that
+        connection ends its response cleanly, its consumer resumes there."""
+        self.book.move(name, min(max(position, self.log.oldest), self.log.next_offset))
+        return self._end_connection(name)
+
+    def forget_cursor(self, name: str) -> bool | None:
+        """An operator deletes named cursor ``name``: None if there is none, else whether
+        a connection held it (that connection ends cleanly)."""
+        if self.book.forget(name) is None:
+            return None
+        self.last_seen.pop(name, None)
+        return self._end_connection(name)
+
+    def _end_connection(self, name: str) -> bool:
+        sub = self._subscriptions.get(name)
+        if sub is None:
+            return False
+        sub.end()
+        return True
 
     def append(self, records: list[bytes], connection: int = 0) -> None:
         """An upstream connection delivers framed records (never blocks, never awaits)."""

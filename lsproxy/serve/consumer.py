@@ -9,8 +9,10 @@ shared buffers), hands it to the kernel with one ``writev`` (waiting, at most
 only then book-keeps the progress. With nothing to send it waits for new records
 for at most ``heartbeat_interval`` and otherwise sends a bare CRLF (an empty
 record, which Live Stream clients ignore), so clients with read timeouts stay
-connected while the upstream is down. A closed log (shutdown, stream removed)
-ends the body cleanly with the terminating chunk.
+connected while the upstream is down. A closed log (shutdown, stream removed),
+or an operator moving or deleting the consumer's cursor (``Subscription.end``,
+checked between batches so that no batch is cut), ends the body cleanly with
+the terminating chunk.
 
 The watcher is the only reader: once the GET is read h11 has nothing more to
 say, but the socket must still be read to notice the consumer leaving (EOF or
@@ -121,6 +123,9 @@ async def _pump(
     timeout = settings.write_timeout  # a consumer that accepts nothing this long is cut
     unyielded = 0  # batches written without a trip through the scheduler (send_parts' fast path)
     while True:
+        if sub.ending:
+            await http.send(http.body_chunk([enc.finish()], pending) + http.END_BODY, timeout)
+            return
         batch = await hub.log.read(offset, BATCH_BYTES)
         if batch.start > offset:
             sub.skipped(batch.start - offset)
@@ -131,6 +136,8 @@ async def _pump(
             await http.send_parts(parts, timeout)
             offset = batch.end
             if not sub.sent(offset, sum(map(len, parts))):
+                if sub.ending:
+                    continue
                 return
             unyielded += 1
             if unyielded >= MAX_UNYIELDED_BATCHES:
@@ -145,13 +152,15 @@ async def _pump(
             await http.send(pending, timeout)
             pending = b""
         unyielded = 0
-        with trio.move_on_after(heartbeat):
+        with trio.move_on_after(heartbeat) as sub.wait_scope:
             await hub.log.wait_beyond(offset)
+            continue
+        if sub.ending:
             continue
         # Heartbeat: an empty record. Its bytes count for the rewind rule like any others.
         wire = http.body_chunk([enc.heartbeat()])
         await http.send(wire, timeout)
-        if not sub.sent(offset, len(wire)):
+        if not sub.sent(offset, len(wire)) and not sub.ending:
             return
 
 

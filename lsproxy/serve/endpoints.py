@@ -28,11 +28,17 @@ def _json(payload: Mapping[str, Any]) -> bytes:
 
 
 def render(
-    name: str, hubs: Mapping[str, StreamHub], started_at: float, cluster: ClusterView | None = None
+    name: str,
+    hubs: Mapping[str, StreamHub],
+    started_at: float,
+    *,
+    cursor_prefix: str | None = None,
+    cluster: ClusterView | None = None,
 ) -> tuple[int, bytes]:
-    """(status code, JSON body) for one of the endpoints in ``routes.ENDPOINTS``. In cluster
-    mode a stream is ready when NATS is and its slots stream here or stand by (another
-    node holds them)."""
+    """(status code, JSON body) for one of the endpoints in ``routes.ENDPOINTS``.
+    ``cursor_prefix``: /status lists only the consumers whose cursor names start so
+    (a non-admin consumer's token sees its own cursors). In cluster mode a stream is
+    ready when NATS is and its slots stream here or stand by (another node holds them)."""
     if name == "healthz":
         return 200, _json({"status": "ok"})
     if name == "readyz":
@@ -44,11 +50,11 @@ def render(
         body = {"ready": ready, "streams": states, "cluster": cluster.status()}
         return (200 if ready else 503), _json(body)
     now = time.time()
-    return 200, _json(
-        {
-            "version": __version__,
-            "uptime": round(now - started_at, 3),
-            "streams": {stream: hub.snapshot(now) for stream, hub in hubs.items()},
-            **({"cluster": cluster.status()} if cluster is not None else {}),
-        }
-    )
+    streams = {stream: hub.snapshot(now) for stream, hub in hubs.items()}
+    if cursor_prefix is not None:
+        for snap in streams.values():
+            snap["consumers"] = [c for c in snap["consumers"] if (c["id"] or "").startswith(cursor_prefix)]
+    body = {"version": __version__, "uptime": round(now - started_at, 3), "streams": streams}
+    if cluster is not None:
+        body["cluster"] = cluster.status()
+    return 200, _json(body)

@@ -93,6 +93,30 @@ class HttpConnection:
                 return None
             # Data/EndOfMessage of a request body: GET requests carry none; drain it.
 
+    async def read_body(self, limit: int, timeout: float) -> bytes | ErrorReply:
+        """The body of the request just read (admin API), at most ``limit`` bytes."""
+        body = b""
+        with trio.move_on_after(timeout if timeout > 0 else math.inf):
+            while True:
+                try:
+                    event = self.conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    return ErrorReply(exc.error_status_hint, "bad_request", f"malformed request body: {exc}")
+                if isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > limit:
+                        return ErrorReply(413, "payload_too_large", f"request body over {limit} bytes")
+                elif isinstance(event, h11.EndOfMessage):
+                    return body
+                elif event is h11.NEED_DATA:
+                    data = await self._receive()
+                    if not data:
+                        return ErrorReply(400, "bad_request", "the request body ended early")
+                    self.conn.receive_data(data)
+                else:
+                    return ErrorReply(400, "bad_request", "the request body ended early")
+        return ErrorReply(408, "request_timeout", "request body not received in time")
+
     async def _receive(self) -> bytes:
         try:
             return bytes(await self.stream.receive_some(READ_SIZE))
@@ -173,15 +197,15 @@ class HttpConnection:
         data += self.conn.send(h11.EndOfMessage()) or b""
         await self.send(data, timeout)
 
-    async def send_error(self, reply: ErrorReply, timeout: float = 0) -> None:
+    async def send_error(self, reply: ErrorReply, timeout: float = 0, headers: Headers = ()) -> None:
         """A JSON error, if the response has not started yet; then the connection ends."""
         if not self.can_send_head:
             return
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        all_headers = [(b"content-type", b"application/json"), (b"connection", b"close"), *headers]
         if reply.allow:
-            headers.append((b"allow", reply.allow))
+            all_headers.append((b"allow", reply.allow))
         with contextlib.suppress(ConnectionBroken, h11.LocalProtocolError):
-            await self.send_response(reply.status, headers, error_body(reply), timeout=timeout)
+            await self.send_response(reply.status, all_headers, error_body(reply), timeout=timeout)
 
     # A stream's body is framed here rather than by h11: h11 would copy every
     # batch once more, and a streaming response never shares its connection.
@@ -228,4 +252,8 @@ class HttpConnection:
             if not self._broken and isinstance(self.stream, trio.SocketStream):
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     await self.stream.send_eof()
+            elif not self._broken and isinstance(self.stream, trio.SSLStream):
+                # close_notify, so that TLS clients see a clean end, not a truncation.
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    await self.stream.aclose()
         await trio.aclose_forcefully(self.stream)

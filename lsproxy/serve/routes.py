@@ -1,7 +1,7 @@
 """Consumer request routing: (method, target, version, headers) -> what to serve.
 
 Pure: no sockets, no trio. The answer is one of ``StreamRequest``,
-``EndpointRequest`` or ``ErrorReply`` (a Live Stream-style JSON error).
+``EndpointRequest``, ``AdminRequest`` or ``ErrorReply`` (a Live Stream-style JSON error).
 Live Stream's own query parameters are validated the way Live Stream
 validates them, then dropped: the upstream request is the proxy's own.
 """
@@ -46,6 +46,14 @@ class EndpointRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminRequest:
+    """Anything under /admin/ (serve/admin.py routes it further)."""
+
+    method: str
+    path: str  # still percent-encoded
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorReply:
     status: int
     error: str
@@ -53,7 +61,7 @@ class ErrorReply:
     allow: bytes = b""  # the Allow header of a 405
 
 
-Route = StreamRequest | EndpointRequest | ErrorReply
+Route = StreamRequest | EndpointRequest | AdminRequest | ErrorReply
 
 
 def _echo(value: str) -> str:
@@ -76,6 +84,10 @@ class Router:
     def __init__(self, routes: Mapping[str, str]) -> None:
         self._routes = dict(routes)  # route key -> stream name
 
+    def resolve(self, key: str) -> str | None:
+        """The stream a route key (name, endpoint or report suite) names."""
+        return self._routes.get(key)
+
     def route(
         self,
         method: bytes,
@@ -88,6 +100,8 @@ class Router:
         except UnicodeDecodeError:
             return ErrorReply(400, "bad_request", "the request target is not ASCII")
         path = parts.path
+        if path == "/admin" or path.startswith("/admin/"):
+            return AdminRequest(method.decode("ascii", "replace"), path)
         if path.startswith("/") and path[1:] in ENDPOINTS:
             if method not in (b"GET", b"HEAD"):
                 return ErrorReply(

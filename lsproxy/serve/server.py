@@ -5,6 +5,9 @@ loops do not catch them): it logs, closes its socket and lets ``Cancelled``
 through. Shutdown: ``stop_accepting`` closes the listeners; streaming responses
 end when their hub is closed; whatever is still running after the grace period
 is cancelled with ``cancel_handlers``.
+
+Access (``auth.py``) is decided per request between routing and serving; with
+``tls`` every connection first completes a TLS handshake (``tls.py``).
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ from lsproxy.errors import BindError
 from lsproxy.hub.stream import StreamHub
 from lsproxy.secret import redact
 from lsproxy.serve import endpoints
+from lsproxy.serve.admin import AdminApi, Reconnect
+from lsproxy.serve.auth import AccessControl, Refused, cursor_prefix
 from lsproxy.serve.consumer import StreamSettings, serve_stream
 from lsproxy.serve.endpoints import ClusterView
 from lsproxy.serve.http import HttpConnection
-from lsproxy.serve.routes import EndpointRequest, ErrorReply, Router, StreamRequest
+from lsproxy.serve.routes import AdminRequest, EndpointRequest, ErrorReply, Router, StreamRequest
+from lsproxy.serve.tls import ServerTls
 
 log = logging.getLogger("lsproxy.serve")
 
@@ -104,9 +110,15 @@ class ConsumerServer:
         port: int,
         request_timeout: float,
         stream_settings: StreamSettings,
+        access: AccessControl | None = None,
+        tls: ServerTls | None = None,
+        reconnect: Reconnect | None = None,
     ) -> None:
         self.hubs = hubs
         self.router = Router(routes)
+        self.access = access or AccessControl()
+        self.tls = tls
+        self.admin = AdminApi(hubs, lambda key: self.router.resolve(key), self.access, reconnect)
         self.host = host
         self.port = port
         self.request_timeout = request_timeout
@@ -169,15 +181,22 @@ class ConsumerServer:
             handlers.start_soon(self._handle, stream)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        peer = _peer_host(stream)
         http = HttpConnection(stream)
         try:
-            await self._converse(http)
+            if self.tls is not None:
+                tls = await self.tls.handshake(stream, self.request_timeout)
+                if isinstance(tls, str):
+                    log.info("client %s: %s", peer, tls)
+                    return
+                http = HttpConnection(tls)
+            await self._converse(http, peer)
         except Exception:
             log.exception("consumer connection failed")
         finally:
             await http.aclose()
 
-    async def _converse(self, http: HttpConnection) -> None:
+    async def _converse(self, http: HttpConnection, peer: str) -> None:
         timeout = self.request_timeout
         while True:
             request = await http.next_request(timeout)
@@ -188,6 +207,11 @@ class ConsumerServer:
                 await http.send_error(request, ERROR_WRITE_TIMEOUT)
                 return
             route = self.router.route(request.method, request.target, request.http_version, request.headers)
+            admitted = self.access.admit(route, request.headers, peer, trio.current_time())
+            if isinstance(admitted, Refused):
+                await self._refuse(http, request, admitted, peer)
+                return
+            route, identity = admitted.route, admitted.identity
             if isinstance(route, ErrorReply):
                 log.info(
                     "rejected %s %s: %d %s",
@@ -206,15 +230,51 @@ class ConsumerServer:
                     return
                 await serve_stream(http, hub, route, self.stream_settings)
                 return
-            assert isinstance(route, EndpointRequest)
-            status, body = endpoints.render(route.name, self.hubs, self.started_at, self.cluster)
             headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+            if isinstance(route, AdminRequest):
+                status, body, extra = await self.admin.serve(http, route, self.request_timeout)
+                headers += extra
+            else:
+                assert isinstance(route, EndpointRequest)
+                hubs = self.hubs
+                if identity is not None and not identity.admin:
+                    hubs = {name: hub for name, hub in hubs.items() if identity.may_read(name)}
+                status, body = endpoints.render(
+                    route.name,
+                    hubs,
+                    self.started_at,
+                    cursor_prefix=cursor_prefix(identity),
+                    cluster=self.cluster,
+                )
             if not _keep_alive(request):
                 headers.append((b"connection", b"close"))
             await http.send_response(status, headers, body, timeout=ERROR_WRITE_TIMEOUT)
             if not http.next_cycle():
                 return
             timeout = KEEPALIVE_IDLE
+
+    async def _refuse(self, http: HttpConnection, request: h11.Request, refused: Refused, peer: str) -> None:
+        reply = refused.reply
+        if refused.blocked:
+            limiter = self.access.limiter
+            log.warning(
+                "client %s: %d failed authentications within %g s; answering it 429 for %g s",
+                peer, limiter.limit, limiter.window, limiter.block,
+            )  # fmt: skip
+        elif reply.status != 429:  # a blocked client's requests were announced by the line above
+            path = request.target.split(b"?", 1)[0].decode("latin-1")[:200]
+            log.info(
+                "refused %s %s from %s: %d %s",
+                request.method.decode("latin-1"), path, peer, reply.status, reply.description,
+            )  # fmt: skip
+        await http.send_error(reply, ERROR_WRITE_TIMEOUT, headers=refused.headers)
+
+
+def _peer_host(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return "?"
 
 
 def _keep_alive(request: h11.Request) -> bool:

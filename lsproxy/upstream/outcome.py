@@ -131,6 +131,7 @@ _ENDS: dict[str, str] = {
     "framing": "the response body was not valid gzip-compressed records",
     "redirect": "cannot follow the upstream redirect",
     "credentials": "no usable access token (the token source failed)",
+    "operator": "closed on an operator's request (admin API reconnect)",
 }
 END_ERRORS = frozenset(_ENDS)
 

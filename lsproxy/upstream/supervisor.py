@@ -5,6 +5,13 @@ start; this loop sleeps until then before *every* attempt, whatever ended the
 previous one, including bugs: an unexpected exception from an attempt is
 logged and counted as a failure, never a reason to retry at once. Nothing a
 consumer does reaches this loop.
+
+An operator reaches it through ``SupervisorControl.reconnect`` (the admin API).
+While the loop waits, an attempt starts at once if the policy's floor (the
+60 s rule) allows one (``ReconnectPolicy.expedite``); otherwise the request is
+refused with the time left. While the connection streams, it is closed and the
+next attempt waits as after any loss (at least ``reconnect_delay``). While an
+attempt is connecting, the request is refused.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import trio
 
@@ -28,6 +37,47 @@ log = logging.getLogger("lsproxy.upstream")
 Attempt = Callable[[Callable[[], None]], Awaitable[Outcome]]
 
 
+@dataclass(frozen=True)
+class ReconnectAnswer:
+    result: Literal["scheduled", "closing", "refused"]
+    next_attempt_in: float | None  # refused: seconds until the rule allows an attempt
+    reason: str
+
+
+class SupervisorControl:
+    """An operator's handle on one ``supervise`` loop; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._name = ""
+        self._policy: ReconnectPolicy | None = None
+        self._status: UpstreamStatus | None = None
+        self._waiting: trio.CancelScope | None = None  # the sleep before the next attempt
+        self._attempt: trio.CancelScope | None = None  # the attempt in progress
+
+    def reconnect(self) -> ReconnectAnswer:
+        policy, status = self._policy, self._status
+        if policy is None or status is None:
+            return ReconnectAnswer("refused", None, "the upstream connection is not running")
+        if self._attempt is not None:
+            if status.state != "streaming":
+                return ReconnectAnswer("refused", None, "an attempt is in progress")
+            log.info("stream %s: closing the upstream connection, as an operator asked", self._name)
+            self._attempt.cancel()
+            return ReconnectAnswer(
+                "closing", None, "closing the connection; the next attempt waits as after any loss"
+            )
+        now = trio.current_time()
+        if not policy.expedite(now):
+            wait = policy.earliest_allowed() - now
+            return ReconnectAnswer(
+                "refused", round(wait, 3), f"the reconnect rule allows the next attempt in {wait:.1f} s"
+            )
+        log.info("stream %s: attempting now, as an operator asked", self._name)
+        if self._waiting is not None:
+            self._waiting.cancel()
+        return ReconnectAnswer("scheduled", None, "attempting now")
+
+
 async def supervise(
     name: str,
     settings: UpstreamSettings,
@@ -37,11 +87,13 @@ async def supervise(
     not_before: float | None = None,
     journal: AttemptRecord | None = None,
     rng: random.Random | None = None,
+    control: SupervisorControl | None = None,
 ) -> None:
     """Run one upstream connection of stream ``name`` forever, publishing into ``status``.
     ``not_before`` (trio clock) holds the first attempt back, for a loss this loop did not see;
     ``journal`` records attempts (durably, before connecting) and ends, for the rule across
-    reloads and restarts. Every wait, the first one included, shows as "backoff" with its countdown."""
+    reloads and restarts. Every wait, the first one included, shows as "backoff" with its countdown.
+    ``control`` lets an operator ask for an attempt (never before the rule allows one)."""
     policy = ReconnectPolicy(
         base=settings.reconnect_delay,
         ceiling=settings.max_reconnect_delay,
@@ -50,6 +102,8 @@ async def supervise(
     )
     if not_before is not None:
         policy.hold_until(not_before)
+    control = control or SupervisorControl()
+    control._name, control._policy, control._status = name, policy, status
 
     def connected() -> None:
         policy.on_connected(trio.current_time())
@@ -67,7 +121,11 @@ async def supervise(
                     status.state = "backoff"
                 status.next_attempt_at = time.time() + wait
                 log.info("stream %s: next upstream attempt in %.1f s", name, wait)
-                await trio.sleep_until(not_before)
+                with trio.CancelScope() as control._waiting:
+                    await trio.sleep_until(not_before)
+                control._waiting = None
+                if policy.next_attempt_at() > trio.current_time():
+                    continue  # defensive: only an expedited policy wakes the sleep early
             status.state = "connecting"
             status.next_attempt_at = None
             if journal is not None:
@@ -75,7 +133,11 @@ async def supervise(
             status.attempts += 1
             policy.on_attempt(trio.current_time())
             try:
-                outcome = await attempt(connected)
+                ended: Outcome | None = None
+                with trio.CancelScope() as control._attempt:
+                    ended = await attempt(connected)
+                # None: closed through the control (an outer cancellation propagates).
+                outcome = ended or classify_end("operator", "", stream=name, streamed=True)
             except Exception as exc:
                 log.exception("stream %s: upstream attempt failed unexpectedly", name)
                 outcome = classify_end(
@@ -87,6 +149,7 @@ async def supervise(
             finally:
                 if journal is not None:
                     journal.ended()  # closed by now, cancelled (reload, shutdown) or not
+                control._attempt = None
             policy.on_ended(trio.current_time(), outcome.failure)
             status.connected_since = None
             status.state = "failed" if outcome.failure is Failure.CONFIG else "backoff"
@@ -100,5 +163,6 @@ async def supervise(
             level = logging.ERROR if outcome.failure is Failure.CONFIG else logging.WARNING
             log.log(level, "%s", outcome.message)
     finally:
+        control._policy = None
         status.state = "stopped"
         status.next_attempt_at = None

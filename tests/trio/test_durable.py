@@ -193,6 +193,24 @@ async def test_cursors_and_meta_persist_with_commits(tmp_path: Path) -> None:
     await log.aclose()
 
 
+async def test_a_cursor_missing_from_the_snapshot_is_deleted_from_the_store(tmp_path: Path) -> None:
+    log = await open_log(tmp_path)
+    log.save_cursors({"kept": (1, 0), "team/deleted": (2, 0)})
+    await log.commit_now()
+    log.save_cursors({"kept": (3, 0)})  # an operator deleted the other one (admin API)
+    await log.commit_now()
+    assert log.load_cursors() == {"kept": (3, 0)}
+    await log.aclose()
+    log = await open_log(tmp_path)
+    assert log.load_cursors() == {"kept": (3, 0)}
+    log.save_cursors({"kept": (3, 0), "team/deleted": (9, 0)})  # the name may come back
+    await log.commit_now()
+    await log.aclose()
+    log = await open_log(tmp_path)
+    assert log.load_cursors() == {"kept": (3, 0), "team/deleted": (9, 0)}
+    await log.aclose()
+
+
 async def test_run_commits_every_interval_and_once_more_when_cancelled(tmp_path: Path) -> None:
     log = await open_log(tmp_path, commit_interval=0.02)
     async with trio.open_nursery() as nursery:

@@ -2,6 +2,8 @@
 
 import random
 
+import pytest
+
 from lsproxy.hub.cursors import CursorBook, Delivery
 
 
@@ -128,3 +130,37 @@ def test_marks_stay_bounded_whatever_the_batch_sizes() -> None:
         d.sent(i, 700)  # tiny batches: 140 MB in all
     assert len(d._marks) <= 40
     assert 0 < 199_999 - d.resume_offset() <= (32 * 1024 * 1024 * 1.1) // 700
+
+
+def test_move_releases_the_lease_and_sets_the_position() -> None:
+    book = CursorBook()
+    lease = book.attach("a", reset=None, oldest=0, tail=100, window_bytes=0)
+    assert book.sent(lease, 120, 10)
+    cursor = book.move("a", 40)
+    assert (cursor.position, cursor.connected, cursor.current) == (40, False, 40)
+    assert not book.sent(lease, 130, 10)  # the old connection's progress is ignored
+    book.detach(lease)
+    assert book.get("a").position == 40  # type: ignore[union-attr]  # and its end does not move it back
+    again = book.attach("a", reset=None, oldest=0, tail=200, window_bytes=0)
+    assert again.start == 40
+
+
+def test_move_creates_a_named_cursor_and_refuses_anonymous_ones() -> None:
+    book = CursorBook()
+    assert book.move("new", 7).named and book.attach("new", reset=None, oldest=0, tail=9, window_bytes=0).start == 7
+    anonymous = book.attach(None, reset=None, oldest=0, tail=9, window_bytes=0)
+    with pytest.raises(ValueError, match="anonymous"):
+        book.move(anonymous.name, 1)
+    assert book.forget(anonymous.name) is None
+
+
+def test_a_forgotten_cursors_lease_never_matches_a_new_cursor_of_the_same_name() -> None:
+    book = CursorBook()
+    old = book.attach("a", reset=None, oldest=0, tail=10, window_bytes=0)
+    assert book.forget("a") is not None and book.get("a") is None
+    new = book.attach("a", reset=None, oldest=0, tail=50, window_bytes=0)
+    assert new.start == 50  # a fresh cursor at the tail
+    assert not book.sent(old, 20, 10)  # the dying connection cannot move the new cursor
+    book.detach(old)
+    assert book.get("a").connected and book.sent(new, 60, 10)  # type: ignore[union-attr]
+    assert book.persistent() == {"a": (60, 0)}

@@ -10,6 +10,8 @@ PACKAGE = Path(__file__).parent.parent.parent / "lsproxy"
 PURE = [
     "config.py",
     "config_credentials.py",
+    "config_consumers.py",
+    "tls_files.py",
     "upstream/backoff.py",
     "upstream/outcome.py",
     "upstream/framing.py",
@@ -23,6 +25,7 @@ PURE = [
     "deflate.py",
     "serve/routes.py",
     "serve/encoding.py",
+    "serve/auth.py",
 ]
 IO_MODULES = {"trio", "httpx", "h11", "socket", "asyncio", "time"}
 
