@@ -123,6 +123,11 @@ class JetStreamLog:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def pending_bytes(self) -> int:
+        """Record bytes waiting to be published."""
+        return self._pending_bytes
+
     # -- writing ------------------------------------------------------------------------
     def append(self, records: Sequence[bytes], received_at: float) -> None:
         """Queue records for JetStream (never blocks, never awaits)."""

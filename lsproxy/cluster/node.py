@@ -161,6 +161,7 @@ class ClusterNode:
         log.debug("cluster node %s: NATS error: %s", self.name, self.last_error)
 
     async def _a_close(self) -> None:
+        self.connected = False  # a deliberate close: no "disconnected" warning
         if self._nc is not None:
             await self._nc.close()
 
