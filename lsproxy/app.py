@@ -224,6 +224,9 @@ class Proxy:
                 heartbeat_interval=server.heartbeat_interval,
                 write_timeout=server.write_timeout,
                 replay_window_bytes=server.replay_window_bytes,
+                tcp_user_timeout=server.tcp_user_timeout,
+                anonymous_resume=server.anonymous_resume == "api_key",
+                cors_allow_origins=frozenset(server.cors_allow_origins),
             ),
             access=self.access,
             # The files were checked when the config loaded; a TlsFileError here means they changed since.
@@ -301,7 +304,10 @@ class Proxy:
         with trio.move_on_after(self.config.server.shutdown_grace, shield=True):
             await self.server.finished.wait()  # handlers detach their cursors as they go
         for runner in self.runners.values():
-            runner.storage_scope.cancel()  # a last persist and a final commit each
+            # The last persist must precede the cancellation: the log's writer makes its final
+            # commit as soon as it is cancelled, and a snapshot handed over later is never written.
+            runner.persist()
+            runner.storage_scope.cancel()  # a final commit each
 
     def reconnect(self, stream: str) -> list[ReconnectAnswer]:
         """The admin API asks for an upstream attempt now (each connection decides by the rule)."""
@@ -325,6 +331,8 @@ class Proxy:
         tokens = self._provider(stream.credentials)
         hub.info = {"url": stream.url, "credentials": stream.credentials.source}
         hub.token_status = tokens.status
+        hub.groups.anonymous_linger = self.config.server.anonymous_group_linger
+        hub.resume_points.linger = self.config.server.anonymous_resume_linger
         self.hubs[stream.name] = hub
         runner = StreamRunner(stream, hub, tokens, self.config.storage, self.journal, self.cluster)
         self.runners[stream.name] = runner

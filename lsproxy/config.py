@@ -13,7 +13,10 @@ Layout (all tables but ``[credentials.*]`` and ``[streams.*]`` are optional)::
 
     [server]                 listen, heartbeat_interval, request_timeout,
                              write_timeout, shutdown_grace, replay_window_bytes,
-                             tls_cert, tls_key, allow_unauthenticated
+                             tls_cert, tls_key, allow_unauthenticated,
+                             tcp_user_timeout, anonymous_resume,
+                             anonymous_resume_linger, anonymous_group_linger,
+                             cors_allow_origins
     [storage]                dir, durable, retention_seconds, retention_bytes,
                              memory_bytes, commit_interval, heartbeat_interval
     [upstream]               reconnect_delay, max_reconnect_delay, connect_timeout,
@@ -141,6 +144,15 @@ class ServerConfig:
     @property
     def loopback(self) -> bool:
         return _is_loopback(self.host)
+    #: Unacknowledged data to a consumer this long: its host is gone (TCP_USER_TIMEOUT; 0: the OS's).
+    tcp_user_timeout: float = 30.0
+    #: "api_key": anonymous consumers resume by their x-api-key header; "off": at the tail.
+    anonymous_resume: str = "api_key"
+    anonymous_resume_linger: float = 300.0
+    #: How long the anonymous consumer group keeps its shares' positions after its last member left.
+    anonymous_group_linger: float = 300.0
+    #: Browser origins (Origin header) allowed to read streams, e.g. a dashboard's; "*": any.
+    cors_allow_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -335,6 +347,11 @@ _SERVER_KEYS = (
     "tls_cert",
     "tls_key",
     "allow_unauthenticated",
+    "tcp_user_timeout",
+    "anonymous_resume",
+    "anonymous_resume_linger",
+    "anonymous_group_linger",
+    "cors_allow_origins",
 )
 _STORAGE_KEYS = tuple(f.name for f in dataclasses.fields(StorageConfig))
 _STORAGE_ONLY_KEYS = ("dir", "durable", "memory_bytes", "commit_interval")
@@ -487,7 +504,13 @@ class _Parser(_CredentialsParser, _ConsumersParser):
         kwargs: dict[str, Any] = {}
         if "listen" in t:
             kwargs["host"], kwargs["port"] = self.listen(t["listen"], (*key, "listen"))
-        for name in ("heartbeat_interval", "shutdown_grace"):
+        for name in (
+            "heartbeat_interval",
+            "shutdown_grace",
+            "tcp_user_timeout",
+            "anonymous_resume_linger",
+            "anonymous_group_linger",
+        ):
             if name in t:
                 kwargs[name] = self.duration(t[name], (*key, name))
         for name in ("request_timeout", "write_timeout"):
@@ -501,6 +524,13 @@ class _Parser(_CredentialsParser, _ConsumersParser):
             kwargs["allow_unauthenticated"] = self.boolean(
                 t["allow_unauthenticated"], (*key, "allow_unauthenticated")
             )
+        if "anonymous_resume" in t:
+            value = t["anonymous_resume"]
+            if value not in ("api_key", "off") or not isinstance(value, str):
+                self.fail((*key, "anonymous_resume"), f'expected "api_key" or "off", got {_describe(value)}')
+            kwargs["anonymous_resume"] = value
+        if "cors_allow_origins" in t:
+            kwargs["cors_allow_origins"] = self.origins(t["cors_allow_origins"], (*key, "cors_allow_origins"))
         kwargs.update(self.tls(t, key))
         return ServerConfig(**kwargs)
 
@@ -667,6 +697,15 @@ class _Parser(_CredentialsParser, _ConsumersParser):
         if port > 65535:
             self.fail(key, f"port {port} is outside 0..65535")
         return host, port
+
+    def origins(self, value: Any, key: _Key) -> tuple[str, ...]:
+        example = '["https://dashboard.example.com"] or ["*"]'
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(key, f"expected a list of origins ({example}), got {_describe(value)}")
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                self.fail(key, f"{_quote(origin)} is not an origin (scheme://host[:port], no path)")
+        return tuple(value)
 
     def replay_window(self, value: Any, key: _Key) -> int | None:
         if value == "auto" and isinstance(value, str):

@@ -53,6 +53,16 @@ class ProxyUnderTest:
             return r.status_code, r.json()
 
 
+_OTHER_SERVER_KEYS = {
+    "replay_window_bytes",
+    "tcp_user_timeout",
+    "anonymous_resume",
+    "anonymous_resume_linger",
+    "anonymous_group_linger",
+    "cors_allow_origins",
+}
+
+
 def proxy_config(
     sim: SimUnderTest,
     *,
@@ -81,7 +91,7 @@ def proxy_config(
     }
     server_only = ("replay_window_bytes", "tls_cert", "tls_key", "allow_unauthenticated")
     for key, value in overrides.items():
-        (server if key in server or key in server_only else settings)[key] = value
+        (server if key in server or key in server_only or key in _OTHER_SERVER_KEYS else settings)[key] = value
     lines = [
         "[server]",
         *(f"{k} = {v}" for k, v in server.items()),
@@ -153,6 +163,7 @@ class StreamReader:
         self.response_headers: dict[str, str] = {}
         self.records: list[bytes] = []  # non-empty records in arrival order
         self.empty_records = 0  # heartbeats and empty records
+        self.decoded = bytearray()  # the whole body as decoded (for Server-Sent Events)
         self.ended_cleanly = False
         self._buf = b""
         self._body = b""
@@ -192,6 +203,7 @@ class StreamReader:
                 return
             chunk, self._buf = rest[:size], rest[size + 2 :]
             data = self._inflater.decompress(chunk) if self.gzip else chunk
+            self.decoded += data
             self._tail += data
             *complete, self._tail = self._tail.split(b"\r\n")
             for record in complete:

@@ -89,6 +89,7 @@ class Cursor:
     delivery: Delivery | None = None
     skipped: int = 0  # records lost to retention while this consumer lagged
     connections: int = 0
+    persisted: bool = True  # named cursors only; False: kept in memory (an anonymous group's shares)
 
     @property
     def connected(self) -> bool:
@@ -106,6 +107,7 @@ class Lease:
     generation: int
     start: int  # offset the new connection starts at
     took_over: bool  # an older connection held this cursor and was released
+    skipped: int = 0  # records between the asked start and ``start`` already lost to retention
 
 
 class CursorBook:
@@ -131,7 +133,7 @@ class CursorBook:
         return {
             c.name: (c.delivery.resume_offset() if c.delivery is not None else c.position, c.skipped)
             for c in self._cursors.values()
-            if c.named
+            if c.named and c.persisted
         }
 
     def restore(self, saved: dict[str, tuple[int, int]]) -> None:
@@ -162,7 +164,7 @@ class CursorBook:
         start_at: int | None = None,
     ) -> Lease:
         """A connection starts. ``name`` None means an anonymous consumer. ``start_at``
-        (a replay by time) overrides the cursor and ``reset``."""
+        (a replay by time, an exact resume) overrides the cursor and ``reset``."""
         cursor = self._cursors.get(name) if name is not None else None
         took_over = cursor is not None and cursor.connected
         if cursor is None:
@@ -182,16 +184,23 @@ class CursorBook:
             else:
                 start = min(cursor.position, tail)
         if start_at is not None:
-            start = min(max(start_at, oldest), tail)
-        if start < oldest:
-            cursor.skipped += oldest - start
+            start = min(start_at, tail)
+        skipped = max(0, oldest - start)
+        if skipped:
+            cursor.skipped += skipped
             start = oldest
         self._generations += 1
         cursor.generation = self._generations
         cursor.connections += 1
         cursor.position = start
         cursor.delivery = Delivery(start, window_bytes)
-        return Lease(cursor.name, cursor.generation, start, took_over)
+        return Lease(cursor.name, cursor.generation, start, took_over, skipped)
+
+    def remove(self, name: str) -> None:
+        """Forget a cursor that no connection holds (a consumer group's old shares)."""
+        cursor = self._cursors.get(name)
+        if cursor is not None and not cursor.connected:
+            del self._cursors[name]
 
     def is_current(self, lease: Lease) -> bool:
         cursor = self._cursors.get(lease.name)

@@ -20,9 +20,12 @@ from typing import Any
 
 import trio
 
+from lsproxy.hub.block_cache import BlockCache
 from lsproxy.hub.cursors import CursorBook, Lease, Reset
 from lsproxy.hub.dedup import DedupWindow
+from lsproxy.hub.groups import GroupBook, is_share
 from lsproxy.hub.log import StreamLog
+from lsproxy.hub.resume_points import ResumePoints
 
 log = logging.getLogger("lsproxy.hub")
 
@@ -42,11 +45,24 @@ class UpstreamStatus:
 
 
 class Subscription:
-    """One consumer connection's hold on a cursor."""
+    """One consumer connection's hold on a cursor (a group member's: its share's)."""
 
-    def __init__(self, hub: StreamHub, lease: Lease) -> None:
+    def __init__(
+        self,
+        hub: StreamHub,
+        lease: Lease,
+        *,
+        share: int = 0,
+        shares: int = 1,
+        resumed: str | None = None,
+        resume_key: bytes | None = None,
+    ) -> None:
         self.hub = hub
         self.lease = lease
+        self.share = share
+        self.shares = shares
+        self.resumed = resumed  # "linger": started at its API key's resume point
+        self.resume_key = resume_key
         self.ending = False  # an operator moved or forgot the cursor: end the response cleanly
         self.wait_scope: trio.CancelScope | None = None  # the pump's wait for records, if waiting
 
@@ -105,6 +121,10 @@ class StreamHub:
         self._scopes: dict[str, tuple[int, trio.CancelScope]] = {}
         self._subscriptions: dict[str, Subscription] = {}  # named cursor -> its connection
         self.last_seen: dict[str, float] = {}  # named cursor -> wall clock of its last connection
+        self.groups = GroupBook(self.book)
+        self.resume_points = ResumePoints()  # anonymous consumers' by API key; linger 0: off
+        self.block_cache = BlockCache()  # renderings shared by consumers (serve/view.py)
+        self.clock: Callable[[], float] = time.monotonic  # for the lingers
 
     def resize_upstreams(self, connections: int) -> None:
         """A reload changed the number of upstream connections (their loops are restarted)."""
@@ -127,14 +147,34 @@ class StreamHub:
         window_bytes: int,
         cancel_scope: trio.CancelScope,
         start_at: int | None = None,
+        shares: int = 1,
+        resume_key: bytes | None = None,
     ) -> Subscription:
+        """A consumer connects. ``shares`` > 1: a consumer group member (GroupRefused when
+        it may not join). ``resume_key``: an anonymous consumer's API key digest; with no
+        ``reset`` or ``start_at`` it starts at the key's resume point, if one lingers."""
+        oldest, tail, now = self.log.oldest, self.log.next_offset, self.clock()
+        if shares > 1:
+            member = self.groups.join(
+                consumer,
+                shares,
+                reset=reset,
+                oldest=oldest,
+                tail=tail,
+                window_bytes=window_bytes,
+                now=now,
+                start_at=start_at,
+            )
+            self._scopes[member.lease.name] = (member.lease.generation, cancel_scope)
+            return Subscription(self, member.lease, share=member.share, shares=shares)
+        resumed = None
+        if consumer is None and resume_key is not None and reset is None and start_at is None:
+            start_at = self.resume_points.take(resume_key, now)
+            resumed = "linger" if start_at is not None else None
+        if consumer is not None:
+            self.groups.check_single(consumer)
         lease = self.book.attach(
-            consumer,
-            reset=reset,
-            oldest=self.log.oldest,
-            tail=self.log.next_offset,
-            window_bytes=window_bytes,
-            start_at=start_at,
+            consumer, reset=reset, oldest=oldest, tail=tail, window_bytes=window_bytes, start_at=start_at
         )
         previous = self._scopes.get(lease.name)
         if previous is not None:
@@ -142,14 +182,19 @@ class StreamHub:
             previous[1].cancel()
             log.info("stream %s: consumer %s reconnected, took over", self.name, lease.name)
         self._scopes[lease.name] = (lease.generation, cancel_scope)
-        sub = Subscription(self, lease)
+        sub = Subscription(self, lease, resumed=resumed, resume_key=resume_key if consumer is None else None)
         if consumer is not None:
             self._subscriptions[lease.name] = sub
             self.last_seen[lease.name] = time.time()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
+        cursor = self.book.get(sub.lease.name)
+        if sub.resume_key is not None and cursor is not None and cursor.delivery is not None:
+            self.resume_points.leave(sub.resume_key, cursor.delivery.resume_offset(), self.clock())
         self.book.detach(sub.lease)
+        if sub.shares > 1:
+            self.groups.left(sub.lease, self.clock())
         held = self._scopes.get(sub.lease.name)
         if held is not None and held[0] == sub.lease.generation:
             del self._scopes[sub.lease.name]
@@ -189,7 +234,7 @@ class StreamHub:
         status.records += len(records)
         status.last_record_at = now
         if self.dedup is not None:
-            records = self.dedup.filter(records, now)
+            records = self.dedup.filter(records, now, self.log.next_offset)
             if (run := self.dedup.take_warning(now)) is not None:
                 log.warning(
                     "stream %s: %d consecutive duplicates dropped: the upstream is replaying or ids repeat",
@@ -218,6 +263,7 @@ class StreamHub:
                 "connections": c.connections,
             }
             for c in self.book.cursors()
+            if not is_share(c)
         ]
         connections = [_connection_snapshot(u, now) for u in self.upstreams]
         errors = [c["last_error"] for c in connections if c["last_error"]]
@@ -240,6 +286,7 @@ class StreamHub:
                 "trimmed_records": self.log.trimmed_records,
             },
             "consumers": consumers,
+            "groups": self.groups.snapshot(tail),
             **({"storage": status()} if (status := getattr(self.log, "status", None)) else {}),
             **self.info,
             **({"token": self.token_status()} if self.token_status is not None else {}),

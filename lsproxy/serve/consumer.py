@@ -20,6 +20,12 @@ reset). It discards what arrives, up to a limit, and cancels the response when
 the consumer goes.
 
 A stalled consumer blocks only its own pump; the upstream never waits for it.
+
+A consumer group member, a browser (Server-Sent Events) or a consumer asking
+for ``fields`` gets each batch through its ``View`` (view.py): renderings of
+whole segments are shared through the stream's cache, so the pump still
+sends shared buffers and shared compression. A batch that holds none of a
+member's records moves its cursor without a write.
 """
 
 from __future__ import annotations
@@ -32,10 +38,15 @@ from functools import cache
 
 import trio
 
+from lsproxy.hub.groups import GroupRefused
+from lsproxy.hub.hit_search import find_hit
+from lsproxy.hub.segment import Slice
 from lsproxy.hub.stream import StreamHub, Subscription
-from lsproxy.serve.encoding import Encoder, make_encoder
+from lsproxy.serve import sse
+from lsproxy.serve.encoding import HEARTBEAT, Encoder, make_encoder
 from lsproxy.serve.http import READ_SIZE, ConnectionBroken, HttpConnection
-from lsproxy.serve.routes import StreamRequest
+from lsproxy.serve.routes import ErrorReply, StreamRequest
+from lsproxy.serve.view import View, render_batch
 
 log = logging.getLogger("lsproxy.serve")
 
@@ -50,6 +61,9 @@ class StreamSettings:
     heartbeat_interval: float
     write_timeout: float
     replay_window_bytes: int | None  # None: derive from the socket and the kernel's limits
+    tcp_user_timeout: float = 30.0  # unacknowledged data this long: the consumer's host is gone
+    anonymous_resume: bool = True  # anonymous consumers resume by x-api-key
+    cors_allow_origins: frozenset[str] = frozenset()  # browser origins allowed to read ("*": any)
 
 
 @cache
@@ -76,30 +90,86 @@ def replay_window(stream: trio.abc.Stream, configured: int | None) -> int:
     return send_buffer + _kernel_max_receive_buffer() + CLIENT_SLACK_BYTES
 
 
+def set_user_timeout(stream: trio.abc.Stream, seconds: float) -> None:
+    """TCP_USER_TIMEOUT: the kernel drops a connection whose sent data stays unacknowledged
+    this long, so a consumer whose host vanished is noticed within a heartbeat plus this."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None or seconds <= 0 or not isinstance(stream, trio.SocketStream):
+        return
+    try:
+        stream.socket.setsockopt(socket.IPPROTO_TCP, option, int(seconds * 1000))
+    except OSError as exc:  # not TCP (a Unix socket in tests), or refused: heartbeats still help
+        log.debug("TCP_USER_TIMEOUT not set: %s", exc)
+
+
+async def _asked_start(hub: StreamHub, request: StreamRequest) -> tuple[int | None, str | None]:
+    """(offset to start at, X-Lsproxy-Resume) for offset=/Last-Event-ID, after= or since=."""
+    if request.offset is not None:
+        return request.offset, None  # offset=, last_event_id=, Last-Event-ID (the header wins)
+    if request.after is not None:
+        found = await find_hit(hub, request.after)
+        return (None, "not-found") if found is None else (found + 1, "exact")
+    if request.since is not None:
+        return hub.log.offset_at(request.since), None
+    return None, None
+
+
+def _response_headers(
+    request: StreamRequest, encoder: Encoder, settings: StreamSettings
+) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"content-type", sse.CONTENT_TYPE if request.sse else b"application/json"),
+        (b"cache-control", b"no-store"),
+    ]
+    if encoder.content_encoding:
+        headers.append((b"content-encoding", encoder.content_encoding.encode()))
+    allowed = settings.cors_allow_origins
+    if request.origin is not None and ("*" in allowed or request.origin in allowed):
+        headers += [(b"access-control-allow-origin", request.origin.encode()), (b"vary", b"origin")]
+    return headers
+
+
 async def serve_stream(
     http: HttpConnection, hub: StreamHub, request: StreamRequest, settings: StreamSettings
 ) -> None:
     """Answer a stream GET until the consumer leaves, is taken over, or the stream ends."""
-    encoder = make_encoder(request.gzip)
-    headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
-    if encoder.content_encoding:
-        headers.append((b"content-encoding", encoder.content_encoding.encode()))
+    set_user_timeout(http.stream, settings.tcp_user_timeout)
+    start_at, resume = await _asked_start(hub, request)
+    asked = request.reset is not None or resume is not None or start_at is not None
+    encoder = make_encoder(request.gzip, sse.HEARTBEAT if request.sse else HEARTBEAT)
+    headers = _response_headers(request, encoder, settings)
     with trio.CancelScope() as scope:
-        sub = hub.subscribe(
-            request.consumer,
-            reset=request.reset,
-            start_at=hub.log.offset_at(request.since) if request.since is not None else None,
-            window_bytes=replay_window(http.stream, settings.replay_window_bytes),
-            cancel_scope=scope,
-        )
+        try:
+            sub = hub.subscribe(
+                request.consumer,
+                reset=request.reset,
+                start_at=start_at,
+                window_bytes=replay_window(http.stream, settings.replay_window_bytes),
+                cancel_scope=scope,
+                shares=request.shares,
+                resume_key=request.resume_key if settings.anonymous_resume and not asked else None,
+            )
+        except GroupRefused as refused:
+            log.info("stream %s: %s", hub.name, refused.description)
+            await http.send_error(ErrorReply(409, refused.error, refused.description), settings.write_timeout)
+            return
+        view = View(sub.shares, sub.share, request.sse, request.fields)
+        resume = resume or sub.resumed
+        headers.append((b"x-lsproxy-offset", b"%d" % sub.start))
+        if resume is not None:
+            headers.append((b"x-lsproxy-resume", resume.encode()))
         log.info("stream %s: consumer %s connected at offset %d", hub.name, sub.name, sub.start)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_for_departure, http, nursery.cancel_scope)
                 try:
                     # The head goes out with the first bytes of the body.
-                    head = http.start_body(200, headers) + http.body_chunk([encoder.start()])
-                    await _pump(http, hub, sub, encoder, settings, head)
+                    opening = [encoder.start()]
+                    if request.sse and sub.lease.skipped:  # the asked start was lost to retention
+                        gap = sse.gap_event(sub.lease.skipped)
+                        opening += encoder.encode(Slice(sub.start, sub.start, (gap,)))
+                    head = http.start_body(200, headers) + http.body_chunk(opening)
+                    await _pump(http, hub, sub, encoder, settings, head, view)
                 except ConnectionBroken as exc:
                     log.info("stream %s: consumer %s: %s", hub.name, sub.name, exc)
                 nursery.cancel_scope.cancel()
@@ -117,6 +187,7 @@ async def _pump(
     enc: Encoder,
     settings: StreamSettings,
     pending: bytes,
+    view: View,
 ) -> None:
     offset = sub.start
     heartbeat = settings.heartbeat_interval if settings.heartbeat_interval > 0 else math.inf
@@ -127,15 +198,23 @@ async def _pump(
             await http.send(http.body_chunk([enc.finish()], pending) + http.END_BODY, timeout)
             return
         batch = await hub.log.read(offset, BATCH_BYTES)
-        if batch.start > offset:
-            sub.skipped(batch.start - offset)
+        skipped = batch.start - offset
+        if skipped > 0:
+            sub.skipped(skipped)
             offset = batch.start
         if batch.count:
-            parts = http.chunk_parts(enc.encode(batch), pending)
-            pending = b""
-            await http.send_parts(parts, timeout)
+            if not view.passthrough:
+                batch = render_batch(view, batch, hub.block_cache)
+                if view.sse and skipped > 0:
+                    batch = Slice(batch.start, batch.end, (sse.gap_event(skipped), *batch.pieces))
+            wire = 0
+            if batch.pieces:
+                parts = http.chunk_parts(enc.encode(batch), pending)
+                pending = b""
+                await http.send_parts(parts, timeout)
+                wire = sum(map(len, parts))
             offset = batch.end
-            if not sub.sent(offset, sum(map(len, parts))):
+            if not sub.sent(offset, wire):
                 if sub.ending:
                     continue
                 return
@@ -158,9 +237,9 @@ async def _pump(
         if sub.ending:
             continue
         # Heartbeat: an empty record. Its bytes count for the rewind rule like any others.
-        wire = http.body_chunk([enc.heartbeat()])
-        await http.send(wire, timeout)
-        if not sub.sent(offset, len(wire)) and not sub.ending:
+        beat = http.body_chunk([enc.heartbeat()])
+        await http.send(beat, timeout)
+        if not sub.sent(offset, len(beat)) and not sub.ending:
             return
 
 

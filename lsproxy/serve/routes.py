@@ -8,6 +8,7 @@ validates them, then dropped: the upstream request is the proxy's own.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,8 +17,11 @@ from typing import cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from lsproxy.hub.cursors import Reset
+from lsproxy.hub.dedup import parse_hit_id
 from lsproxy.secret import redact
 from lsproxy.serve.encoding import accepts_gzip
+from lsproxy.serve.fields import FieldsError, parse_fields
+from lsproxy.serve.sse import wants_event_stream
 
 ENDPOINTS = frozenset({"healthz", "readyz", "status"})
 # Any small API version: the "firehose" generation of clients asks for /api/0/stream/<X>.
@@ -37,6 +41,13 @@ class StreamRequest:
     reset: Reset | None
     gzip: bool
     since: float | None = None  # replay from the first record received at or after (unix time)
+    shares: int = 1  # maxConnections: > 1 makes the connection a consumer group member
+    after: bytes | None = None  # resume right after this hit id (b"<high>:<low>")
+    offset: int | None = None  # start at this log offset (offset=, Last-Event-ID + 1)
+    sse: bool = False  # Server-Sent Events instead of Live Stream's JSON lines
+    fields: frozenset[str] | None = None  # only these top-level fields
+    resume_key: bytes | None = None  # digest of the x-api-key header (never the key itself)
+    origin: str | None = None  # the Origin header, for CORS
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +164,10 @@ class Router:
                     f"since must be unix seconds or an ISO-8601 time with a zone, got {_echo(params['since'])}",
                 )
         consumer = params.get("consumer")
-        accept_encoding = ""
+        accept_encoding = accept = ""
+        last_event_id: str | None = None
+        api_key: bytes | None = None
+        origin: str | None = None
         for header, raw in headers:
             if header == b"x-consumer-id":
                 header_id = raw.decode("latin-1").strip()
@@ -164,15 +178,89 @@ class Router:
                 consumer = header_id
             elif header == b"accept-encoding":
                 accept_encoding += raw.decode("latin-1") + ","
+            elif header == b"accept":
+                accept += raw.decode("latin-1") + ","
+            elif header == b"last-event-id":
+                last_event_id = raw.decode("latin-1").strip()
+            elif header == b"x-api-key":
+                api_key = raw.strip()
+            elif header == b"origin":
+                origin = raw.decode("latin-1").strip()
         if consumer is not None and not _CONSUMER_ID.fullmatch(consumer):
             return ErrorReply(
                 400,
                 "invalid_parameter",
                 "consumer id must be 1-128 characters of letters, digits and . _ : @ -",
             )
+        start = _start_params(params, last_event_id)
+        if isinstance(start, ErrorReply):
+            return start
+        after, offset = start
+        fmt = params.get("format")
+        if fmt not in (None, "json", "sse"):
+            return ErrorReply(400, "invalid_parameter", f"format must be json or sse, got {fmt[:32]!r}")
+        fields = None
+        if "fields" in params:
+            try:
+                fields = frozenset(parse_fields(params["fields"]))
+            except FieldsError as exc:
+                return ErrorReply(400, "invalid_parameter", str(exc))
         return StreamRequest(
-            stream, consumer, cast(Reset | None, reset), accepts_gzip(accept_encoding), since
+            stream,
+            consumer,
+            cast(Reset | None, reset),
+            accepts_gzip(accept_encoding),
+            since,
+            shares=int(params.get("maxConnections", "1")),
+            after=after,
+            offset=offset,
+            sse=fmt == "sse" or (fmt is None and wants_event_stream(accept)),
+            fields=fields,
+            # The stream in the digest: one key's resume points never cross streams.
+            resume_key=hashlib.sha256(stream.encode() + b"\0" + api_key).digest() if api_key else None,
+            origin=origin,
         )
+
+
+_MAX_OFFSET = 2**63 - 1
+_OFFSET = re.compile(r"[0-9]{1,19}")  # ASCII digits, bounded before int()
+
+
+def _start_params(
+    params: Mapping[str, str], last_event_id: str | None
+) -> tuple[bytes | None, int | None] | ErrorReply:
+    """(after, offset) from ``after``, ``offset``, ``last_event_id`` and the Last-Event-ID
+    header. The header (an EventSource reconnecting) wins over the query, which it repeats;
+    otherwise at most one way to say where to start."""
+    if last_event_id is not None:
+        if not _OFFSET.fullmatch(last_event_id) or int(last_event_id) >= _MAX_OFFSET:
+            return ErrorReply(
+                400, "invalid_parameter", f"Last-Event-ID must be a log offset, got {last_event_id[:32]!r}"
+            )
+        return None, int(last_event_id) + 1
+    given = [name for name in ("since", "after", "offset", "last_event_id") if name in params]
+    if len(given) > 1:
+        return ErrorReply(400, "invalid_parameter", f"give one of {' and '.join(given)}, not both")
+    if "after" in params:
+        after = parse_hit_id(params["after"])
+        if after is None:
+            return ErrorReply(
+                400,
+                "invalid_parameter",
+                f"after must be <hitIdHigh>:<hitIdLow> in decimal, got {params['after'][:64]!r}",
+            )
+        return after, None
+    for name, delta in (("offset", 0), ("last_event_id", 1)):
+        if name in params:
+            value = params[name]
+            if not _OFFSET.fullmatch(value) or int(value) >= _MAX_OFFSET:
+                return ErrorReply(
+                    400,
+                    "invalid_parameter",
+                    f"{name} must be a log offset (an integer >= 0), got {value[:32]!r}",
+                )
+            return None, int(value) + delta
+    return None, None
 
 
 def parse_since(value: str) -> float | None:

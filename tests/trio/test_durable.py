@@ -211,6 +211,18 @@ async def test_a_cursor_missing_from_the_snapshot_is_deleted_from_the_store(tmp_
     await log.aclose()
 
 
+async def test_a_cursor_missing_from_the_snapshot_is_deleted(tmp_path: Path) -> None:
+    log = await open_log(tmp_path)
+    log.save_cursors({"g#0/3": (10, 0), "g#1/3": (11, 0), "keep": (5, 0)})
+    await log.commit_now()
+    log.save_cursors({"g#0/2": (10, 0), "g#1/2": (10, 0), "keep": (5, 0)})  # the group changed its size
+    await log.commit_now()
+    await log.aclose()
+    log = await open_log(tmp_path)
+    assert log.load_cursors() == {"g#0/2": (10, 0), "g#1/2": (10, 0), "keep": (5, 0)}
+    await log.aclose()
+
+
 async def test_run_commits_every_interval_and_once_more_when_cancelled(tmp_path: Path) -> None:
     log = await open_log(tmp_path, commit_interval=0.02)
     async with trio.open_nursery() as nursery:

@@ -2308,3 +2308,31 @@ def test_load_server_config_reads_only_the_server_table(tmp_path: Path) -> None:
     path.write_text("[server]\nlisten = 5\n")
     with pytest.raises(ConfigError, match=r"p.toml: server.listen: expected"):
         load_server_config(path)
+
+
+def test_consumer_group_resume_and_browser_keys() -> None:
+    cfg = parse(
+        "[server]\ntcp_user_timeout = 10\nanonymous_resume = \"off\"\nanonymous_resume_linger = 60\n"
+        'anonymous_group_linger = 0\ncors_allow_origins = ["https://dash.example.com", "*"]\n' + MINIMAL
+    )
+    assert cfg.server.tcp_user_timeout == 10.0 and cfg.server.anonymous_resume == "off"
+    assert cfg.server.anonymous_resume_linger == 60.0 and cfg.server.anonymous_group_linger == 0.0
+    assert cfg.server.cors_allow_origins == ("https://dash.example.com", "*")
+    defaults = ServerConfig()
+    assert defaults.tcp_user_timeout == 30.0 and defaults.anonymous_resume == "api_key"
+    assert defaults.anonymous_resume_linger == defaults.anonymous_group_linger == 300.0
+    assert defaults.cors_allow_origins == ()
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('anonymous_resume = "yes"', 'server.anonymous_resume: expected "api_key" or "off"'),
+        ("anonymous_resume = true", 'server.anonymous_resume: expected "api_key" or "off"'),
+        ("anonymous_group_linger = -1", "server.anonymous_group_linger: must be >= 0"),
+        ('cors_allow_origins = "*"', "server.cors_allow_origins: expected a list of origins"),
+        ('cors_allow_origins = ["https://x.com/path"]', "is not an origin"),
+    ],
+)
+def test_bad_consumer_group_resume_and_browser_keys(line: str, expected: str) -> None:
+    assert expected in error(f"[server]\n{line}\n" + MINIMAL)

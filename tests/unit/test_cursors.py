@@ -164,3 +164,23 @@ def test_a_forgotten_cursors_lease_never_matches_a_new_cursor_of_the_same_name()
     book.detach(old)
     assert book.get("a").connected and book.sent(new, 60, 10)  # type: ignore[union-attr]
     assert book.persistent() == {"a": (60, 0)}
+
+
+def test_an_exact_start_below_retention_counts_the_skip() -> None:
+    book = CursorBook()
+    lease = book.attach("a", reset=None, oldest=50, tail=90, window_bytes=0, start_at=20)
+    assert lease.start == 50 and lease.skipped == 30 and book.get("a").skipped == 30  # type: ignore[union-attr]
+    beyond = book.attach(None, reset=None, oldest=50, tail=90, window_bytes=0, start_at=500)
+    assert beyond.start == 90 and beyond.skipped == 0
+
+
+def test_removed_cursors_and_unpersisted_ones() -> None:
+    book = CursorBook()
+    lease = book.attach("g#0/2", reset=None, oldest=0, tail=10, window_bytes=0)
+    book.remove("g#0/2")
+    assert book.get("g#0/2") is not None  # held: not removed
+    book.detach(lease)
+    book.get("g#0/2").persisted = False  # type: ignore[union-attr]
+    assert book.persistent() == {}
+    book.remove("g#0/2")
+    assert book.get("g#0/2") is None

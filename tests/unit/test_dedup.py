@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from lsproxy.hub.dedup import DedupWindow, hit_id
+from lsproxy.hub.dedup import DedupWindow, hit_id, parse_hit_id
 from lsproxy.hub.log import MemoryLog
 from lsproxy.hub.stream import StreamHub
 
@@ -95,3 +95,19 @@ def test_the_hub_logs_the_run_at_warning_and_status_shows_it(caplog: pytest.LogC
     ]
     status = hub.snapshot(now=0)
     assert (status["duplicates_dropped"], status["consecutive_duplicates"]) == (150, 150)
+
+
+def test_the_window_knows_where_each_id_went() -> None:
+    window = DedupWindow(max_records=10, max_seconds=60)
+    records = [b'{"hitIdHigh":1,"hitIdLow":%d}' % i for i in (1, 2, 1, 3)] + [b"{}"]
+    kept = window.filter(records, 0.0, first_offset=100)
+    assert len(kept) == 4
+    assert [window.offset_of(b"1:%d" % i) for i in (1, 2, 3)] == [100, 101, 102]
+    window.seed([b'{"hitIdHigh":1,"hitIdLow":9}'], 0.0)
+    assert window.offset_of(b"1:9") is None and window.offset_of(b"1:4") is None
+
+
+def test_parse_hit_id() -> None:
+    assert parse_hit_id("2948027281753079808:0012") == b"2948027281753079808:12"
+    for bad in ("12", "a:b", "1:-2", ":1", "1:" + "9" * 21, "1:" + "0" * 41, "\u0661:\u0662"):
+        assert parse_hit_id(bad) is None

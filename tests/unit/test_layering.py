@@ -26,6 +26,13 @@ PURE = [
     "serve/routes.py",
     "serve/encoding.py",
     "serve/auth.py",
+    "serve/fields.py",
+    "serve/sse.py",
+    "serve/view.py",
+    "hub/visitor.py",
+    "hub/groups.py",
+    "hub/resume_points.py",
+    "hub/block_cache.py",
 ]
 IO_MODULES = {"trio", "httpx", "h11", "socket", "asyncio", "time"}
 

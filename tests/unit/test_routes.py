@@ -68,7 +68,7 @@ def test_errors(target: str, method: bytes, version: bytes, status: int) -> None
 
 def test_live_stream_parameters_are_accepted_and_dropped() -> None:
     got = route("/api/1/stream/prod?maxConnections=8&smoothing=1&smoothingBucketSize=270&reset=largest")
-    assert got == StreamRequest("prod", None, "largest", False)
+    assert got == StreamRequest("prod", None, "largest", False, shares=8)  # maxConnections: a group
 
 
 def test_endpoints() -> None:
@@ -170,3 +170,53 @@ def test_method_not_allowed_says_what_is() -> None:
     assert isinstance(head, ErrorReply) and head.status == 405 and head.allow == b"GET"
     post = route("/status", method=b"POST")
     assert isinstance(post, ErrorReply) and post.status == 405 and post.allow == b"GET, HEAD"
+
+
+def test_group_resume_sse_and_fields_parameters() -> None:
+    got = route(
+        "/api/1/stream/prod?maxConnections=4&consumer=w&after=2948027281753079808:0004948646782672799561"
+        "&fields=hitIdHigh,hitIdLow",
+        headers=[(b"accept", b"text/event-stream"), (b"x-api-key", b"secret-key"), (b"origin", b"http://x")],
+    )
+    assert isinstance(got, StreamRequest)
+    assert got.shares == 4 and got.consumer == "w" and got.sse and got.origin == "http://x"
+    assert got.after == b"2948027281753079808:4948646782672799561"  # canonical digits, as dedup keys
+    assert got.fields == frozenset({"hitIdHigh", "hitIdLow"})
+    assert got.resume_key is not None and b"secret-key" not in got.resume_key  # a digest only
+    assert route("/api/1/stream/prod?offset=17").offset == 17  # type: ignore[union-attr]
+    assert route("/api/1/stream/prod?format=sse&last_event_id=17").offset == 18  # type: ignore[union-attr]
+    assert route("/api/1/stream/prod?format=json", headers=[(b"accept", b"text/event-stream")]).sse is False  # type: ignore[union-attr]
+
+
+def test_last_event_id_header_wins_over_the_query_it_repeats() -> None:
+    got = route("/api/1/stream/prod?after=1:2&format=sse", headers=[(b"last-event-id", b"99")])
+    assert isinstance(got, StreamRequest) and got.offset == 100 and got.after is None
+
+
+def test_resume_keys_differ_per_stream() -> None:
+    a = route("/api/1/stream/prod", headers=[(b"x-api-key", b"k")])
+    b = route("/api/1/stream/dev", headers=[(b"x-api-key", b"k")])
+    assert a.resume_key != b.resume_key  # type: ignore[union-attr]
+    assert route("/api/1/stream/prod", headers=[(b"x-api-key", b"")]).resume_key is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("target", "headers", "names"),
+    [
+        ("/api/1/stream/prod?after=12", [], "after"),
+        ("/api/1/stream/prod?after=-1:2", [], "after"),
+        ("/api/1/stream/prod?after=1:2&offset=3", [], "after and offset"),
+        ("/api/1/stream/prod?since=0&offset=3", [], "since and offset"),
+        ("/api/1/stream/prod?offset=x", [], "offset"),
+        ("/api/1/stream/prod?offset=99999999999999999999", [], "offset"),
+        ("/api/1/stream/prod?last_event_id=-3", [], "last_event_id"),
+        ("/api/1/stream/prod?format=xml", [], "format"),
+        ("/api/1/stream/prod?fields=", [], "fields"),
+        ("/api/1/stream/prod", [(b"last-event-id", b"abc")], "Last-Event-ID"),
+    ],
+)
+def test_bad_start_parameters_name_the_parameter(
+    target: str, headers: list[tuple[bytes, bytes]], names: str
+) -> None:
+    got = route(target, headers=headers)
+    assert isinstance(got, ErrorReply) and got.status == 400 and names in got.description
