@@ -21,6 +21,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -47,6 +48,9 @@ from lsproxy.upstream.connector import stream_once
 from lsproxy.upstream.credentials import TokenProvider, make_provider
 from lsproxy.upstream.supervisor import ReconnectAnswer, SupervisorControl, supervise
 
+if TYPE_CHECKING:
+    from lsproxy.cluster.mode import ClusterMode
+
 log = logging.getLogger("lsproxy")
 
 SEED_STEP = 4096  # records whose ids are scanned between checkpoints
@@ -57,11 +61,16 @@ def _upstream_identity(stream: StreamConfig) -> tuple[object, ...]:
     return (stream.url, stream.credentials, stream.upstream, stream.initial_reset)
 
 
-async def open_hub(stream: StreamConfig, storage: StorageConfig, journal: UpstreamJournal) -> StreamHub:
-    """The stream's hub on a durable or in-memory log, with its persisted state restored."""
+async def open_hub(
+    stream: StreamConfig, storage: StorageConfig, journal: UpstreamJournal, cluster: ClusterMode | None = None
+) -> StreamHub:
+    """The stream's hub on a durable, in-memory or (cluster mode) JetStream log, with its
+    persisted state restored."""
     settings = stream.upstream
     log_: StreamLog
-    if storage.durable:
+    if cluster is not None:
+        log_ = cluster.open_log(stream, storage)
+    elif storage.durable:
         path = stream_db_path(storage.dir, stream.name)
         journal.check_store(path, stream.name)  # a store lost while stopped is an ERROR, not a fresh start
         log_ = await DurableLog.open(
@@ -77,6 +86,8 @@ async def open_hub(stream: StreamConfig, storage: StorageConfig, journal: Upstre
     hub = StreamHub(
         stream.name, log_, connections=settings.connections, dedup=dedup if dedup.enabled else None
     )
+    if cluster is not None:
+        hub.unavailable = cluster.unavailable
     if isinstance(log_, DurableLog):
         hub.book.restore(log_.load_cursors())
         if hub.dedup is not None:
@@ -113,8 +124,10 @@ class StreamRunner:
         tokens: TokenProvider,
         storage: StorageConfig,
         journal: UpstreamJournal,
+        cluster: ClusterMode | None = None,
     ) -> None:
         self.config = config
+        self.cluster = cluster
         self.hub = hub
         self.tokens = tokens
         self.storage = storage
@@ -131,6 +144,10 @@ class StreamRunner:
     async def run_storage(self) -> None:
         """The durable log's writer plus cursor and liveness persistence, until cancelled."""
         durable = self.hub.log
+        if self.cluster is not None:
+            with self.storage_scope:
+                await self.cluster.run_stream(self.hub)
+            return
         if not isinstance(durable, DurableLog):
             return
         with self.storage_scope:
@@ -156,9 +173,7 @@ class StreamRunner:
         if isinstance(self.hub.log, DurableLog):
             self.journal.note_store(self.hub.log.path, self.hub.log.next_offset)
 
-    async def run_upstream(
-        self, closing: list[StreamRunner], replaces: StreamRunner | None = None
-    ) -> None:
+    async def run_upstream(self, closing: list[StreamRunner], replaces: StreamRunner | None = None) -> None:
         """Supervise every upstream connection of the stream until cancelled. The first
         attempts wait until ``reconnect_delay`` after the last loss of this upstream, under
         any name: ``closing`` runners (removed or replaced in a reload) are waited for first,
@@ -177,23 +192,24 @@ class StreamRunner:
             if replaces is not None:
                 not_before = max(not_before or 0.0, time.time() + delay)
             if not_before is not None and (wait := not_before - time.time()) > 0:
-                log.info("stream %s: waiting out reconnect_delay after its upstream's last connection", stream.name)
+                log.info(
+                    "stream %s: waiting out reconnect_delay after its upstream's last connection", stream.name
+                )
                 hold = trio.current_time() + wait
             with self.upstream_scope:
                 async with trio.open_nursery() as nursery:
                     for i, status in enumerate(self.hub.upstreams):
                         name = stream.name if len(self.hub.upstreams) == 1 else f"{stream.name}#{i + 1}"
                         attempt = functools.partial(stream_once, stream, self.hub, self.tokens, connection=i)
+                        run = functools.partial(
+                            supervise, name, stream.upstream, status, attempt, control=self.controls[i]
+                        )
+                        if self.cluster is not None:  # only while this node holds the slot's lease
+                            nursery.start_soon(self.cluster.run_slot, stream, i, status, run, hold)
+                            continue
                         nursery.start_soon(
                             functools.partial(
-                                supervise,
-                                name,
-                                stream.upstream,
-                                status,
-                                attempt,
-                                not_before=hold,
-                                journal=self.journal.connection(stream.url),
-                                control=self.controls[i],
+                                run, not_before=hold, journal=self.journal.connection(stream.url)
                             )
                         )
         finally:
@@ -208,6 +224,7 @@ class Proxy:
         self.providers: dict[Credentials, tuple[TokenProvider, trio.CancelScope]] = {}
         self.closing: list[StreamRunner] = []  # removed or replaced runners, until their connections close
         self.journal: UpstreamJournal | None = None
+        self.cluster = _cluster_mode(config)
         server = config.server
         self.access = AccessControl(config.consumers)
         self.server = ConsumerServer(
@@ -229,6 +246,8 @@ class Proxy:
             tls=ServerTls(server.tls_cert, server.tls_key) if server.tls_cert and server.tls_key else None,
             reconnect=self.reconnect,
         )
+        if self.cluster is not None:
+            self.server.cluster = self.cluster
         self._stop = trio.Event()
         self._nursery: trio.Nursery | None = None
 
@@ -255,12 +274,14 @@ class Proxy:
                     earlier_run=lock.existed,  # every earlier run took the lock
                 )
             )
-            hubs = {s.name: await open_hub(s, storage, journal) for s in self.config.streams}
-            if storage.durable:
+            hubs = {s.name: await open_hub(s, storage, journal, self.cluster) for s in self.config.streams}
+            if storage.durable and self.cluster is None:
                 journal.forget_stores_except(stream_db_path(storage.dir, s.name) for s in self.config.streams)
             async with trio.open_nursery() as root:
                 self._nursery = root
                 root.start_soon(journal.run)
+                if self.cluster is not None:
+                    await root.start(self.cluster.run)  # started at once: NATS may be down
                 addresses = await root.start(self.server.run)
                 for stream in self.config.streams:
                     self._start_stream(stream, hubs[stream.name])
@@ -326,7 +347,7 @@ class Proxy:
         hub.groups.anonymous_linger = self.config.server.anonymous_group_linger
         hub.resume_points.linger = self.config.server.anonymous_resume_linger
         self.hubs[stream.name] = hub
-        runner = StreamRunner(stream, hub, tokens, self.config.storage, self.journal)
+        runner = StreamRunner(stream, hub, tokens, self.config.storage, self.journal, self.cluster)
         self.runners[stream.name] = runner
         assert self._nursery is not None
         if replaces is None:
@@ -341,8 +362,12 @@ class Proxy:
     async def reload(self, new: Config) -> list[str]:
         """Apply a new config: untouched streams keep their connections; returns what changed."""
         changes = []
-        if new.server != self.config.server or new.storage != self.config.storage:
-            changes.append("[server] and [storage] changes need a restart; kept the running ones")
+        if (new.server, new.storage, new.cluster) != (
+            self.config.server,
+            self.config.storage,
+            self.config.cluster,
+        ):
+            changes.append("[server], [storage] and [cluster] changes need a restart; kept the running ones")
             new = _with_running_server(new, self.config)
         old_streams = {s.name: s for s in self.config.streams}
         new_streams = {s.name: s for s in new.streams}
@@ -357,7 +382,7 @@ class Proxy:
         for name, stream in new_streams.items():
             old = old_streams.get(name)
             if old is None:
-                self._start_stream(stream, await open_hub(stream, new.storage, self.journal))
+                self._start_stream(stream, await open_hub(stream, new.storage, self.journal, self.cluster))
                 changes.append(f"stream {name}: added")
             elif _upstream_identity(old) != _upstream_identity(stream):
                 old_runner = self.runners[name]
@@ -400,7 +425,15 @@ class Proxy:
 
 
 def _with_running_server(new: Config, running: Config) -> Config:
-    return dataclasses.replace(new, server=running.server, storage=running.storage)
+    return dataclasses.replace(new, server=running.server, storage=running.storage, cluster=running.cluster)
+
+
+def _cluster_mode(config: Config) -> ClusterMode | None:
+    if config.cluster is None:
+        return None
+    from lsproxy.cluster.mode import ClusterMode  # nats-py is imported only in cluster mode
+
+    return ClusterMode(config.cluster)
 
 
 async def _run_in_scope(scope: trio.CancelScope, run: Callable[[], Awaitable[None]]) -> None:

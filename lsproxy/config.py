@@ -46,12 +46,14 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import platform
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from lsproxy.config_consumers import ConsumerAccess, _ConsumersParser
 from lsproxy.config_credentials import (
@@ -72,6 +74,7 @@ from lsproxy.config_credentials import (
     read_secret_file,
 )
 from lsproxy.errors import ConfigError
+from lsproxy.secret import Secret
 from lsproxy.tls_files import TlsFileError, server_context
 
 __all__ = [
@@ -88,6 +91,7 @@ __all__ = [
     "MAX_SMOOTHING_BUCKET_SIZE",
     "MIN_MEMORY_BYTES",
     "MIN_RETENTION_BYTES",
+    "ClusterConfig",
     "Config",
     "ConsumerAccess",
     "Credentials",
@@ -206,6 +210,25 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: several lsproxy nodes on NATS JetStream (lsproxy/cluster/)."""
+
+    nats: tuple[str, ...]  # seed servers, nats:// or tls:// URLs
+    node: str  # unique per node
+    replicas: int = 3  # for the streams and KV buckets lsproxy creates
+    lease_ttl: float = 15.0
+    #: Added to every wait computed from moments another node's clock wrote.
+    clock_skew_margin: float = 1.0
+    #: How long leading records wait in memory while JetStream cannot take them.
+    publish_buffer_bytes: int = 64 * 1024 * 1024
+    credentials_file: str | None = None  # a NATS .creds file (JWT + nkey)
+    token: Secret | None = None  # from token_env
+    user: str | None = None
+    password: Secret | None = None  # from password_env
+    tls_ca: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     server: ServerConfig
@@ -213,6 +236,7 @@ class Config:
     streams: tuple[StreamConfig, ...]
     routes: Mapping[str, str] = field(hash=False)  # route key -> stream name (read-only)
     warnings: tuple[str, ...]
+    cluster: ClusterConfig | None = None  # None: one node, the embedded store
     #: [consumers.<name>] tables; empty: consumers are not authenticated.
     consumers: tuple[ConsumerAccess, ...] = ()
 
@@ -314,7 +338,22 @@ MAX_KEY_PARTS = 16
 _KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
 _DEEP_KEY = re.compile(rf"^[ \t]*(?:{_KEY_PART}[ \t]*\.[ \t]*){{{MAX_KEY_PARTS}}}", re.MULTILINE)
 
-_TOP_KEYS = ("server", "storage", "upstream", "credentials", "streams", "consumers")
+_TOP_KEYS = ("server", "storage", "upstream", "credentials", "streams", "consumers", "cluster")
+_CLUSTER_KEYS = (
+    "nats",
+    "node",
+    "replicas",
+    "lease_ttl",
+    "clock_skew_margin",
+    "publish_buffer_bytes",
+    "credentials_file",
+    "token_env",
+    "user",
+    "password_env",
+    "tls_ca",
+)
+MAX_CLUSTER_REPLICAS = 5  # JetStream's limit
+MIN_LEASE_TTL = 1.0
 _SERVER_KEYS = (
     "listen",
     "heartbeat_interval",
@@ -446,6 +485,7 @@ class _Parser(_CredentialsParser, _ConsumersParser):
         credentials = self.credentials(raw.get("credentials"))
         streams = self.streams(raw.get("streams"), credentials, upstream, storage)
         routes = self.routes(streams)
+        cluster = self.cluster(raw["cluster"]) if "cluster" in raw else None
         consumers = self.consumers(raw.get("consumers"), routes)
         self.exposure(server, consumers)
 
@@ -470,6 +510,7 @@ class _Parser(_CredentialsParser, _ConsumersParser):
             streams=tuple(streams),
             routes=MappingProxyType(routes),
             warnings=tuple(self.warnings),
+            cluster=cluster,
             consumers=consumers,
         )
 
@@ -556,6 +597,95 @@ class _Parser(_CredentialsParser, _ConsumersParser):
                 f"listening on {server.host} without TLS: tokens and records travel unencrypted "
                 "(set tls_cert and tls_key)",
             )
+
+    def cluster(self, value: Any) -> ClusterConfig:
+        key: _Key = ("cluster",)
+        t = self.table(value, key, header="[cluster]")
+        self.check_keys(t, _CLUSTER_KEYS, key, {"token": "use token_env", "password": "use password_env"})
+        nkey = (*key, "nats")
+        seeds = t.get("nats")
+        if isinstance(seeds, str):
+            seeds = [seeds]
+        if not isinstance(seeds, list) or not seeds:
+            self.fail(
+                nkey,
+                f'expected a list of NATS server URLs (e.g. ["nats://127.0.0.1:4222"]), got {_describe(seeds, show=False)}',
+            )
+        urls = tuple(self.nats_url(url, (*nkey,)) for url in seeds)
+        node = t.get("node", platform.node())
+        if not isinstance(node, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", node):
+            self.fail(
+                (*key, "node"),
+                f"expected a node name of 1-64 letters, digits, '-', '_', '.', got {_describe(node)}"
+                + ("" if "node" in t else " (the host name; set node)"),
+            )
+        kwargs: dict[str, Any] = {"nats": urls, "node": node}
+        if "replicas" in t:
+            kwargs["replicas"] = self.integer(
+                t["replicas"], (*key, "replicas"), unit="replicas", low=1, high=MAX_CLUSTER_REPLICAS
+            )
+        if "lease_ttl" in t:
+            ttl = self.duration(t["lease_ttl"], (*key, "lease_ttl"), nonzero="")
+            if ttl < MIN_LEASE_TTL:
+                self.fail(
+                    (*key, "lease_ttl"), f"must be at least {_seconds(MIN_LEASE_TTL)} s, got {_seconds(ttl)}"
+                )
+            kwargs["lease_ttl"] = ttl
+        if "clock_skew_margin" in t:
+            kwargs["clock_skew_margin"] = self.duration(t["clock_skew_margin"], (*key, "clock_skew_margin"))
+        if "publish_buffer_bytes" in t:
+            kwargs["publish_buffer_bytes"] = self.byte_count(
+                t["publish_buffer_bytes"], (*key, "publish_buffer_bytes"), minimum=MIN_MEMORY_BYTES
+            )
+        auth = [k for k in ("credentials_file", "token_env", "user") if k in t]
+        if len(auth) > 1:
+            self.fail(
+                key,
+                f"set only one of credentials_file, token_env, user + password_env (got {', '.join(auth)})",
+            )
+        if "credentials_file" in t:
+            path = self.path_value(t["credentials_file"], (*key, "credentials_file"))
+            if not os.path.isfile(path):
+                self.fail((*key, "credentials_file"), f"{path} is not a readable file")
+            kwargs["credentials_file"] = path
+        if "token_env" in t:
+            kwargs["token"] = Secret(self.from_env(t["token_env"], (*key, "token_env"), inline=None)[1])
+        if "password_env" in t and "user" not in t:
+            self.fail((*key, "password_env"), "needs user")
+        if "user" in t:
+            user = t["user"]
+            if not isinstance(user, str) or not user:
+                self.fail((*key, "user"), f"expected a user name, got {_describe(user, show=False)}")
+            if "password_env" not in t:
+                self.fail((*key, "user"), "needs password_env")
+            kwargs["user"] = user
+            kwargs["password"] = Secret(
+                self.from_env(t["password_env"], (*key, "password_env"), inline=None)[1]
+            )
+        if "tls_ca" in t:
+            path = self.path_value(t["tls_ca"], (*key, "tls_ca"))
+            if not os.path.isfile(path):
+                self.fail((*key, "tls_ca"), f"{path} is not a readable file")
+            kwargs["tls_ca"] = path
+        return ClusterConfig(**kwargs)
+
+    def nats_url(self, value: Any, key: _Key) -> str:
+        if not isinstance(value, str):
+            self.fail(key, f"expected a NATS server URL string, got {_describe(value, show=False)}")
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            self.fail(key, "not a valid URL (nats://host:port)")
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            self.fail(key, "expected nats://host:port or tls://host:port")
+        if "@" in parts.netloc:  # never echoed: it may hold a password
+            self.fail(
+                key, "must not contain user info; use token_env, user + password_env or credentials_file"
+            )
+        if port is None:
+            self.fail(key, "missing port (NATS listens on 4222 by default)")
+        return value
 
     def listen(self, value: Any, key: _Key) -> tuple[str, int]:
         example = 'e.g. "127.0.0.1:8080" or "[::1]:8080"'

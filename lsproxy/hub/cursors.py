@@ -141,6 +141,18 @@ class CursorBook:
         for name, (position, skipped) in saved.items():
             self._cursors.setdefault(name, Cursor(name, named=True, position=position, skipped=skipped))
 
+    def adopt(self, name: str, position: int, skipped: int) -> bool:
+        """A named cursor's position as another proxy (a cluster node) left it; ignored
+        while a connection here holds the cursor. True when taken."""
+        cursor = self._cursors.get(name)
+        if cursor is None:
+            self._cursors[name] = Cursor(name, named=True, position=position, skipped=skipped)
+            return True
+        if cursor.connected or not cursor.named:
+            return False
+        cursor.position, cursor.skipped = position, skipped
+        return True
+
     def attach(
         self,
         name: str | None,

@@ -31,6 +31,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import trio
 
@@ -281,6 +282,14 @@ class UpstreamJournal:
                 return exc.strerror or type(exc).__name__
             self._file_version = version
             return None
+
+
+class AttemptRecord(Protocol):
+    """What a connection loop tells a journal: ``ConnectionRecord`` here, or a cluster
+    slot's (lsproxy/cluster/slots.py)."""
+
+    async def attempt_starting(self) -> None: ...
+    def ended(self) -> None: ...
 
 
 class ConnectionRecord:

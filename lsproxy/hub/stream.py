@@ -34,7 +34,7 @@ log = logging.getLogger("lsproxy.hub")
 class UpstreamStatus:
     """What the upstream side publishes about itself; read by /status and /readyz."""
 
-    state: str = "connecting"  # connecting | streaming | backoff | failed | stopped
+    state: str = "connecting"  # connecting | streaming | backoff | failed | stopped | standby (cluster)
     attempts: int = 0
     connects: int = 0
     connected_since: float | None = None  # wall clock
@@ -95,7 +95,7 @@ class Subscription:
 
 
 # Worst first: the stream's state is its worst connection's.
-_STATE_ORDER = ("failed", "backoff", "connecting", "stopped", "streaming")
+_STATE_ORDER = ("failed", "backoff", "connecting", "stopped", "standby", "streaming")
 
 
 class StreamHub:
@@ -116,6 +116,8 @@ class StreamHub:
         self.last_record_at: float | None = None
         self.info: dict[str, Any] = {}  # static facts for /status (url, credentials source)
         self.token_status: Callable[[], dict[str, Any]] | None = None  # the credential set's, for /status
+        #: Why consumers cannot be served yet (cluster mode before JetStream answers), or None.
+        self.unavailable: Callable[[StreamHub], str | None] | None = None
         self._scopes: dict[str, tuple[int, trio.CancelScope]] = {}
         self._subscriptions: dict[str, Subscription] = {}  # named cursor -> its connection
         self.last_seen: dict[str, float] = {}  # named cursor -> wall clock of its last connection

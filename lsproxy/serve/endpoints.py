@@ -10,10 +10,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from lsproxy import __version__
 from lsproxy.hub.stream import StreamHub
+
+
+class ClusterView(Protocol):
+    """Cluster mode's state, as the endpoints show it."""
+
+    def ready(self) -> bool: ...
+    def status(self) -> dict[str, Any]: ...
 
 
 def _json(payload: Mapping[str, Any]) -> bytes:
@@ -21,20 +28,33 @@ def _json(payload: Mapping[str, Any]) -> bytes:
 
 
 def render(
-    name: str, hubs: Mapping[str, StreamHub], started_at: float, *, cursor_prefix: str | None = None
+    name: str,
+    hubs: Mapping[str, StreamHub],
+    started_at: float,
+    *,
+    cursor_prefix: str | None = None,
+    cluster: ClusterView | None = None,
 ) -> tuple[int, bytes]:
     """(status code, JSON body) for one of the endpoints in ``routes.ENDPOINTS``.
     ``cursor_prefix``: /status lists only the consumers whose cursor names start so
-    (a non-admin consumer's token sees its own cursors)."""
+    (a non-admin consumer's token sees its own cursors). In cluster mode a stream is
+    ready when NATS is and its slots stream here or stand by (another node holds them)."""
     if name == "healthz":
         return 200, _json({"status": "ok"})
     if name == "readyz":
         states = {stream: hub.state for stream, hub in hubs.items()}
-        ready = all(state == "streaming" for state in states.values())
-        return (200 if ready else 503), _json({"ready": ready, "streams": states})
+        if cluster is None:
+            ready = all(state == "streaming" for state in states.values())
+            return (200 if ready else 503), _json({"ready": ready, "streams": states})
+        ready = cluster.ready() and all(state in ("streaming", "standby") for state in states.values())
+        body = {"ready": ready, "streams": states, "cluster": cluster.status()}
+        return (200 if ready else 503), _json(body)
     now = time.time()
     streams = {stream: hub.snapshot(now) for stream, hub in hubs.items()}
     if cursor_prefix is not None:
         for snap in streams.values():
             snap["consumers"] = [c for c in snap["consumers"] if (c["id"] or "").startswith(cursor_prefix)]
-    return 200, _json({"version": __version__, "uptime": round(now - started_at, 3), "streams": streams})
+    body = {"version": __version__, "uptime": round(now - started_at, 3), "streams": streams}
+    if cluster is not None:
+        body["cluster"] = cluster.status()
+    return 200, _json(body)

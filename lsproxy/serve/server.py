@@ -27,6 +27,7 @@ from lsproxy.serve import endpoints
 from lsproxy.serve.admin import AdminApi, Reconnect
 from lsproxy.serve.auth import AccessControl, Refused, cursor_prefix
 from lsproxy.serve.consumer import StreamSettings, serve_stream
+from lsproxy.serve.endpoints import ClusterView
 from lsproxy.serve.http import HttpConnection
 from lsproxy.serve.routes import AdminRequest, EndpointRequest, ErrorReply, Router, StreamRequest
 from lsproxy.serve.tls import ServerTls
@@ -127,6 +128,7 @@ class ConsumerServer:
         self._accepting = trio.CancelScope()
         self._handlers = trio.CancelScope()
         self.finished = trio.Event()
+        self.cluster: ClusterView | None = None  # cluster mode: its state in /status and /readyz
 
     async def run(
         self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
@@ -222,7 +224,11 @@ class ConsumerServer:
                 return
             if isinstance(route, StreamRequest):
                 del request  # the route has what the stream needs; idle consumers are many
-                await serve_stream(http, self.hubs[route.stream], route, self.stream_settings)
+                hub = self.hubs[route.stream]
+                if hub.unavailable is not None and (why := hub.unavailable(hub)) is not None:
+                    await http.send_error(ErrorReply(503, "service_unavailable", why), ERROR_WRITE_TIMEOUT)
+                    return
+                await serve_stream(http, hub, route, self.stream_settings)
                 return
             headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
             if isinstance(route, AdminRequest):
@@ -234,7 +240,11 @@ class ConsumerServer:
                 if identity is not None and not identity.admin:
                     hubs = {name: hub for name, hub in hubs.items() if identity.may_read(name)}
                 status, body = endpoints.render(
-                    route.name, hubs, self.started_at, cursor_prefix=cursor_prefix(identity)
+                    route.name,
+                    hubs,
+                    self.started_at,
+                    cursor_prefix=cursor_prefix(identity),
+                    cluster=self.cluster,
                 )
             if not _keep_alive(request):
                 headers.append((b"connection", b"close"))
@@ -242,7 +252,6 @@ class ConsumerServer:
             if not http.next_cycle():
                 return
             timeout = KEEPALIVE_IDLE
-
 
     async def _refuse(self, http: HttpConnection, request: h11.Request, refused: Refused, peer: str) -> None:
         reply = refused.reply

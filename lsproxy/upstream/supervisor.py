@@ -26,7 +26,7 @@ from typing import Literal
 import trio
 
 from lsproxy.config import UpstreamSettings
-from lsproxy.hub.journal import ConnectionRecord
+from lsproxy.hub.journal import AttemptRecord
 from lsproxy.hub.stream import UpstreamStatus
 from lsproxy.upstream.backoff import Failure, ReconnectPolicy
 from lsproxy.upstream.outcome import Outcome, classify_end
@@ -85,7 +85,7 @@ async def supervise(
     attempt: Attempt,
     *,
     not_before: float | None = None,
-    journal: ConnectionRecord | None = None,
+    journal: AttemptRecord | None = None,
     rng: random.Random | None = None,
     control: SupervisorControl | None = None,
 ) -> None:

@@ -20,6 +20,8 @@ PURE = [
     "hub/dedup.py",
     "hub/segment.py",
     "hub/journal_rule.py",
+    "cluster/slot_policy.py",
+    "cluster/names.py",
     "deflate.py",
     "serve/routes.py",
     "serve/encoding.py",
