@@ -163,6 +163,8 @@ class StreamRunner:
                                 attempt,
                                 not_before=not_before,
                                 journal=self.journal,
+                                stream=stream.name,
+                                connection=i + 1,
                             )
                         )
         finally:
@@ -187,6 +189,7 @@ class Proxy:
                 write_timeout=server.write_timeout,
                 replay_window_bytes=server.replay_window_bytes,
             ),
+            metrics_max_consumers=server.metrics_max_consumers,
         )
         self._stop = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -209,6 +212,7 @@ class Proxy:
             async with trio.open_nursery() as root:
                 self._nursery = root
                 addresses = await root.start(self.server.run)
+                root.start_soon(self.server.metrics.loop_lag.run)
                 for stream in self.config.streams:
                     self._start_stream(stream, hubs[stream.name])
                 for host, port in addresses:

@@ -17,6 +17,7 @@ from lsproxy.config import Config, load_config
 from lsproxy.errors import BindError, ConfigError
 from lsproxy.hub.store import StoreError
 from lsproxy.hub.store_files import PID_NAME, read_pid_file
+from lsproxy.log_format import extra_fields, make_formatter
 from lsproxy.simulator import SimSettings
 
 log = logging.getLogger("lsproxy")
@@ -47,12 +48,17 @@ class _RedactSecrets(logging.Filter):
                     record.exc_text = record.exc_text.replace(secret, "***")
         if hit:
             record.msg, record.args = message, None
+        for key, value in extra_fields(record).items():  # structured fields (JSON lines)
+            if isinstance(value, str) and any(secret in value for secret in self.secrets):
+                for secret in self.secrets:
+                    value = value.replace(secret, "***")
+                setattr(record, key, value)
         return True
 
 
-def configure_logging(level: str, secrets: Sequence[str] = ()) -> _RedactSecrets:
+def configure_logging(level: str, secrets: Sequence[str] = (), log_format: str = "text") -> _RedactSecrets:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(make_formatter(log_format))
     redact = _RedactSecrets(secrets)
     handler.addFilter(redact)
     root = logging.getLogger()
@@ -79,8 +85,12 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", required=True, metavar="PATH", help="TOML config file")
         sub.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        sub.add_argument(
+            "--log-format", choices=["text", "json"], help="log lines as text or JSON (default: [server] log_format)"
+        )
     simulate = commands.add_parser("simulate", help="run the built-in Live Stream simulator")
     simulate.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    simulate.add_argument("--log-format", default="text", choices=["text", "json"], help="log lines as text or JSON")
     simulator.add_arguments(simulate)
     return parser
 
@@ -88,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "simulate":
-        configure_logging(args.log_level)
+        configure_logging(args.log_level, log_format=args.log_format)
         return trio.run(_run_simulator, simulator.settings_from_args(args))
     try:
         config = load_config(args.config)
@@ -99,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(config)
     if args.command == "reload":
         return _signal_running_proxy(config)
-    redact = configure_logging(args.log_level, _secret_values(config))
+    redact = configure_logging(args.log_level, _secret_values(config), args.log_format or config.server.log_format)
     for warning in config.warnings:
         log.warning("%s", warning)
     proxy = Proxy(config)

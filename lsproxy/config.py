@@ -12,7 +12,8 @@ under ``[credentials]`` are never echoed. Credential sets are parsed in
 Layout (all tables but ``[credentials.*]`` and ``[streams.*]`` are optional)::
 
     [server]                 listen, heartbeat_interval, request_timeout,
-                             write_timeout, shutdown_grace, replay_window_bytes
+                             write_timeout, shutdown_grace, replay_window_bytes,
+                             log_format, metrics_max_consumers
     [storage]                dir, durable, retention_seconds, retention_bytes,
                              memory_bytes, commit_interval, heartbeat_interval
     [upstream]               reconnect_delay, max_reconnect_delay, connect_timeout,
@@ -119,6 +120,8 @@ class ServerConfig:
     write_timeout: float = 30.0
     shutdown_grace: float = 5.0
     replay_window_bytes: int | None = None  # None = "auto"
+    log_format: str = "text"  # "text" or "json" (one JSON object per line)
+    metrics_max_consumers: int = 100  # named consumers with their own /metrics lag series
 
 
 @dataclass(frozen=True)
@@ -257,7 +260,10 @@ _SERVER_KEYS = (
     "write_timeout",
     "shutdown_grace",
     "replay_window_bytes",
+    "log_format",
+    "metrics_max_consumers",
 )
+LOG_FORMATS = ("text", "json")
 _STORAGE_KEYS = tuple(f.name for f in dataclasses.fields(StorageConfig))
 _STORAGE_ONLY_KEYS = ("dir", "durable", "memory_bytes", "commit_interval")
 _RETENTION_KEYS = ("retention_bytes", "retention_seconds")
@@ -413,6 +419,14 @@ class _Parser(_CredentialsParser):
         if "replay_window_bytes" in t:
             kwargs["replay_window_bytes"] = self.replay_window(
                 t["replay_window_bytes"], (*key, "replay_window_bytes")
+            )
+        if "log_format" in t:
+            if t["log_format"] not in LOG_FORMATS:
+                self.fail((*key, "log_format"), f'expected "text" or "json", got {_describe(t["log_format"])}')
+            kwargs["log_format"] = t["log_format"]
+        if "metrics_max_consumers" in t:
+            kwargs["metrics_max_consumers"] = self.integer(
+                t["metrics_max_consumers"], (*key, "metrics_max_consumers"), unit="consumers", low=0
             )
         server = ServerConfig(**kwargs)
         if not _is_loopback(server.host):

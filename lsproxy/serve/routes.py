@@ -20,6 +20,8 @@ from lsproxy.hub.cursors import Reset
 from lsproxy.serve.encoding import accepts_gzip
 
 ENDPOINTS = frozenset({"healthz", "readyz", "status"})
+# Operating the proxy: Prometheus metrics, the status page ("" is "/") and its chart's data.
+ENDPOINTS |= {"metrics", "rates", "", "static/app.js", "static/style.css"}
 _STREAM_PATH = re.compile(r"^/api/[12]/stream/([^/]+)/?$")
 _CONSUMER_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 

@@ -19,9 +19,11 @@ import trio
 
 from lsproxy.errors import BindError
 from lsproxy.hub.stream import StreamHub
-from lsproxy.serve import endpoints
+from lsproxy.serve import endpoints, page
 from lsproxy.serve.consumer import StreamSettings, serve_stream
 from lsproxy.serve.http import HttpConnection
+from lsproxy.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from lsproxy.serve.metrics import MetricsEndpoint
 from lsproxy.serve.routes import EndpointRequest, ErrorReply, Router, StreamRequest
 
 log = logging.getLogger("lsproxy.serve")
@@ -42,6 +44,7 @@ class ConsumerServer:
         port: int,
         request_timeout: float,
         stream_settings: StreamSettings,
+        metrics_max_consumers: int = 100,
     ) -> None:
         self.hubs = hubs
         self.router = Router(routes)
@@ -51,6 +54,9 @@ class ConsumerServer:
         self.stream_settings = stream_settings
         self.started_at = time.time()
         self.connections = 0
+        self.metrics = MetricsEndpoint(
+            hubs, max_consumers=metrics_max_consumers, connections_accepted=lambda: self.connections
+        )
         self._accepting = trio.CancelScope()
         self._handlers = trio.CancelScope()
         self.finished = trio.Event()
@@ -134,14 +140,23 @@ class ConsumerServer:
                 await serve_stream(http, self.hubs[route.stream], route, self.stream_settings)
                 return
             assert isinstance(route, EndpointRequest)
-            status, body = endpoints.render(route.name, self.hubs, self.started_at)
-            headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+            status, headers, body = self._render(route.name)
             if not _keep_alive(request):
                 headers.append((b"connection", b"close"))
             await http.send_response(status, headers, body, head_only=route.head, timeout=ERROR_WRITE_TIMEOUT)
             if not http.next_cycle():
                 return
             timeout = KEEPALIVE_IDLE
+
+    def _render(self, name: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """(status, headers, body) of a finite endpoint: metrics, the status page, or JSON."""
+        headers = [(b"cache-control", b"no-store")]
+        if name == "metrics":
+            return 200, [(b"content-type", METRICS_CONTENT_TYPE), *headers], self.metrics.render()
+        if (asset := page.asset(name)) is not None:
+            return 200, [(b"content-type", asset[0]), *headers, *page.SECURITY_HEADERS], asset[1]
+        status, body = endpoints.render(name, self.hubs, self.started_at)
+        return status, [(b"content-type", b"application/json"), *headers], body
 
 
 def _keep_alive(request: h11.Request) -> bool:

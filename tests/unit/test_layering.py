@@ -17,6 +17,8 @@ PURE = [
     "hub/cursors.py",
     "hub/dedup.py",
     "hub/segment.py",
+    "hub/rates.py",
+    "histogram.py",
     "deflate.py",
     "serve/routes.py",
     "serve/encoding.py",
