@@ -108,3 +108,20 @@ async def test_a_snapshot_missing_fields_still_scrapes() -> None:
     assert ("lsproxy_records_appended_total", frozenset({("stream", "s1")})) not in samples
     assert value(samples, "lsproxy_build_info", version=__import__("lsproxy").__version__) == 1
     assert any(name.startswith("process_") for name, _ in samples)  # process metrics ride along
+
+
+async def test_groups_have_their_members_size_and_worst_share_lag() -> None:
+    hub = make_hub()
+    hub.append([b"r%d" % i for i in range(10)])
+    members = [attach(hub, "workers", shares=3, start_at=0) for _ in range(2)]
+    anonymous = attach(hub, None, shares=2, start_at=4)
+    members[0].sent(6, 100)  # one share moved on; the other still has all 10 to read
+    samples = scrape(MetricsEndpoint({"s1": hub}, max_consumers=10))
+    assert value(samples, "lsproxy_group_members", stream="s1", group="workers") == 2
+    assert value(samples, "lsproxy_group_connections", stream="s1", group="workers") == 3
+    assert value(samples, "lsproxy_group_lag_records_max", stream="s1", group="workers") == 10
+    assert value(samples, "lsproxy_group_members", stream="s1", group="~anonymous") == 1
+    assert value(samples, "lsproxy_group_lag_records_max", stream="s1", group="~anonymous") == 6
+    hub.unsubscribe(anonymous)
+    capped = scrape(MetricsEndpoint({"s1": hub}, max_consumers=1))
+    assert set(series(capped, "lsproxy_group_members")) == {frozenset({("stream", "s1"), ("group", "~anonymous")})}
