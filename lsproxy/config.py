@@ -13,7 +13,12 @@ Layout (all tables but ``[credentials.*]`` and ``[streams.*]`` are optional)::
 
     [server]                 listen, heartbeat_interval, request_timeout,
                              write_timeout, shutdown_grace, replay_window_bytes,
-                             client_buffer_bytes, max_named_consumers, consumer_ttl
+                             client_buffer_bytes, max_named_consumers, consumer_ttl,
+                             tls_cert, tls_key, allow_unauthenticated,
+                             tcp_user_timeout, anonymous_resume,
+                             anonymous_resume_linger, anonymous_group_linger,
+                             cors_allow_origins,
+                             log_format, metrics_max_consumers
     [storage]                dir, durable, retention_seconds, retention_bytes,
                              memory_bytes, commit_interval, heartbeat_interval
     [upstream]               reconnect_delay, max_reconnect_delay, connect_timeout,
@@ -28,9 +33,14 @@ Layout (all tables but ``[credentials.*]`` and ``[streams.*]`` are optional)::
     [streams.<name>]         url, report_suite, credentials, initial_reset,
                              retention_bytes, retention_seconds (default from
                              [storage]), and any [upstream] key as an override
+    [consumers.<name>]       token_sha256 | token_env | token_file, streams, admin
+                             (config_consumers.py); any table turns authentication on
 
-Relative paths (``storage.dir``, ``token_file``, ``client_secret_file``) are
-relative to the directory of the configuration file.
+Relative paths (``storage.dir``, ``token_file``, ``client_secret_file``,
+``tls_cert``, ``tls_key``) are relative to the directory of the configuration file.
+
+A listen address that is not loopback needs ``[consumers.<name>]`` tables (or an
+explicit ``allow_unauthenticated = true``): otherwise the configuration is an error.
 """
 
 from __future__ import annotations
@@ -38,13 +48,16 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import platform
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
+from lsproxy.config_consumers import ConsumerAccess, _ConsumersParser
 from lsproxy.config_credentials import (
     CREDENTIAL_KINDS,
     CREDENTIAL_SET_KEYS,
@@ -63,6 +76,8 @@ from lsproxy.config_credentials import (
     read_secret_file,
 )
 from lsproxy.errors import ConfigError
+from lsproxy.secret import Secret
+from lsproxy.tls_files import TlsFileError, server_context
 
 __all__ = [
     "ADOBE_MIN_RECONNECT_DELAY",
@@ -81,7 +96,9 @@ __all__ = [
     "MAX_SMOOTHING_BUCKET_SIZE",
     "MIN_MEMORY_BYTES",
     "MIN_RETENTION_BYTES",
+    "ClusterConfig",
     "Config",
+    "ConsumerAccess",
     "Credentials",
     "OAuthSettings",
     "ServerConfig",
@@ -89,6 +106,7 @@ __all__ = [
     "StreamConfig",
     "UpstreamSettings",
     "load_config",
+    "load_server_config",
     "parse_config",
     "read_secret_file",
 ]
@@ -132,6 +150,25 @@ class ServerConfig:
     max_named_consumers: int = DEFAULT_MAX_NAMED_CONSUMERS
     #: Seconds a named cursor may stay disconnected before it is forgotten; 0 = never.
     consumer_ttl: float = DEFAULT_CONSUMER_TTL
+    tls_cert: str | None = None  # absolute paths of PEM files; both or neither
+    tls_key: str | None = None
+    #: A non-loopback listen without [consumers] tables is refused unless this is true.
+    allow_unauthenticated: bool = False
+    #: Unacknowledged data to a consumer this long: its host is gone (TCP_USER_TIMEOUT; 0: the OS's).
+    tcp_user_timeout: float = 30.0
+    #: "api_key": anonymous consumers resume by their x-api-key header; "off": at the tail.
+    anonymous_resume: str = "api_key"
+    anonymous_resume_linger: float = 300.0
+    #: How long the anonymous consumer group keeps its shares' positions after its last member left.
+    anonymous_group_linger: float = 300.0
+    #: Browser origins (Origin header) allowed to read streams, e.g. a dashboard's; "*": any.
+    cors_allow_origins: tuple[str, ...] = ()
+    log_format: str = "text"  # "text" or "json" (one JSON object per line)
+    metrics_max_consumers: int = 100  # named consumers with their own /metrics lag series
+
+    @property
+    def loopback(self) -> bool:
+        return _is_loopback(self.host)
 
 
 @dataclass(frozen=True)
@@ -189,6 +226,25 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: several lsproxy nodes on NATS JetStream (lsproxy/cluster/)."""
+
+    nats: tuple[str, ...]  # seed servers, nats:// or tls:// URLs
+    node: str  # unique per node
+    replicas: int = 3  # for the streams and KV buckets lsproxy creates
+    lease_ttl: float = 15.0
+    #: Added to every wait computed from moments another node's clock wrote.
+    clock_skew_margin: float = 1.0
+    #: How long leading records wait in memory while JetStream cannot take them.
+    publish_buffer_bytes: int = 64 * 1024 * 1024
+    credentials_file: str | None = None  # a NATS .creds file (JWT + nkey)
+    token: Secret | None = None  # from token_env
+    user: str | None = None
+    password: Secret | None = None  # from password_env
+    tls_ca: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     server: ServerConfig
@@ -196,6 +252,9 @@ class Config:
     streams: tuple[StreamConfig, ...]
     routes: Mapping[str, str] = field(hash=False)  # route key -> stream name (read-only)
     warnings: tuple[str, ...]
+    cluster: ClusterConfig | None = None  # None: one node, the embedded store
+    #: [consumers.<name>] tables; empty: consumers are not authenticated.
+    consumers: tuple[ConsumerAccess, ...] = ()
 
 
 # --------------------------------------------------------------------------- #
@@ -214,10 +273,12 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
     try:
         with open(name, "rb") as f:
             mode = os.fstat(f.fileno()).st_mode
-            data = f.read()
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError(_one_line(f"{name}: cannot read config: {reason}")) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{name}: cannot read config: larger than {MAX_CONFIG_BYTES // 1024} KiB")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -226,6 +287,22 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
         ) from None
     base_dir = os.path.dirname(os.path.abspath(name))
     return _parse(text, name, environ, base_dir, mode)
+
+
+def load_server_config(path: str | os.PathLike[str]) -> ServerConfig:
+    """Only the ``[server]`` table of the file at *path*, for the operator commands
+    (``lsproxy status``, ``lsproxy cursor``): they need the listen address and TLS
+    files, not the credentials' environment variables."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(_one_line(f"{name}: cannot read config: {exc.strerror or exc}")) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(_one_line(f"{name}: cannot read config: {exc}")) from None
+    parser = _Parser(name, os.environ, os.path.dirname(os.path.abspath(name)), None)
+    return parser.server(raw.get("server", {}))
 
 
 def parse_config(
@@ -250,10 +327,17 @@ def parse_config(
 def _parse(
     text: str, path: str, environ: Mapping[str, str] | None, base_dir: str, file_mode: int | None
 ) -> Config:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    if deep := _DEEP_KEY.search(text):
+        line = text.count("\n", 0, deep.start()) + 1
+        raise ConfigError(f"{path}: line {line}: a dotted key of more than {MAX_KEY_PARTS} parts")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(_one_line(f"{path}: {_toml_error(exc)}")) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
     env = os.environ if environ is None else environ
     return _Parser(path, env, base_dir, file_mode).parse(raw)
 
@@ -262,7 +346,30 @@ def _parse(
 # Implementation
 # --------------------------------------------------------------------------- #
 
-_TOP_KEYS = ("server", "storage", "upstream", "credentials", "streams")
+# Bounds on the work of reading a config (a reload runs while the proxy serves):
+# far beyond any real config, and tomllib's work grows with the square of the
+# number of parts of a dotted key (``a.b.c = 1``), so those are bounded too.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_KEY_PARTS = 16
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
+_DEEP_KEY = re.compile(rf"^[ \t]*(?:{_KEY_PART}[ \t]*\.[ \t]*){{{MAX_KEY_PARTS}}}", re.MULTILINE)
+
+_TOP_KEYS = ("server", "storage", "upstream", "credentials", "streams", "consumers", "cluster")
+_CLUSTER_KEYS = (
+    "nats",
+    "node",
+    "replicas",
+    "lease_ttl",
+    "clock_skew_margin",
+    "publish_buffer_bytes",
+    "credentials_file",
+    "token_env",
+    "user",
+    "password_env",
+    "tls_ca",
+)
+MAX_CLUSTER_REPLICAS = 5  # JetStream's limit
+MIN_LEASE_TTL = 1.0
 _SERVER_KEYS = (
     "listen",
     "heartbeat_interval",
@@ -273,7 +380,18 @@ _SERVER_KEYS = (
     "client_buffer_bytes",
     "max_named_consumers",
     "consumer_ttl",
+    "tls_cert",
+    "tls_key",
+    "allow_unauthenticated",
+    "tcp_user_timeout",
+    "anonymous_resume",
+    "anonymous_resume_linger",
+    "anonymous_group_linger",
+    "cors_allow_origins",
+    "log_format",
+    "metrics_max_consumers",
 )
+LOG_FORMATS = ("text", "json")
 _STORAGE_KEYS = tuple(f.name for f in dataclasses.fields(StorageConfig))
 _STORAGE_ONLY_KEYS = ("dir", "durable", "memory_bytes", "commit_interval")
 _RETENTION_KEYS = ("retention_bytes", "retention_seconds")
@@ -348,7 +466,7 @@ def _route_problem(key: str) -> str | None:
     return None
 
 
-class _Parser(_CredentialsParser):
+class _Parser(_CredentialsParser, _ConsumersParser):
     def __init__(self, path: str, environ: Mapping[str, str], base_dir: str, file_mode: int | None) -> None:
         super().__init__(path, environ, base_dir, file_mode)
         self.inherit_reconnect = False  # some stream uses [upstream]'s reconnect_delay
@@ -389,6 +507,9 @@ class _Parser(_CredentialsParser):
         credentials = self.credentials(raw.get("credentials"))
         streams = self.streams(raw.get("streams"), credentials, upstream, storage)
         routes = self.routes(streams)
+        cluster = self.cluster(raw["cluster"]) if "cluster" in raw else None
+        consumers = self.consumers(raw.get("consumers"), routes)
+        self.exposure(server, consumers)
 
         if (
             upstream.reconnect_delay < ADOBE_MIN_RECONNECT_DELAY
@@ -411,6 +532,8 @@ class _Parser(_CredentialsParser):
             streams=tuple(streams),
             routes=MappingProxyType(routes),
             warnings=tuple(self.warnings),
+            cluster=cluster,
+            consumers=consumers,
         )
 
     def server(self, value: Any) -> ServerConfig:
@@ -420,7 +543,14 @@ class _Parser(_CredentialsParser):
         kwargs: dict[str, Any] = {}
         if "listen" in t:
             kwargs["host"], kwargs["port"] = self.listen(t["listen"], (*key, "listen"))
-        for name in ("heartbeat_interval", "shutdown_grace", "consumer_ttl"):
+        for name in (
+            "heartbeat_interval",
+            "shutdown_grace",
+            "consumer_ttl",
+            "tcp_user_timeout",
+            "anonymous_resume_linger",
+            "anonymous_group_linger",
+        ):
             if name in t:
                 kwargs[name] = self.duration(t[name], (*key, name))
         for name in ("request_timeout", "write_timeout"):
@@ -438,14 +568,163 @@ class _Parser(_CredentialsParser):
             kwargs["max_named_consumers"] = self.integer(
                 t["max_named_consumers"], (*key, "max_named_consumers"), unit="consumers", low=1
             )
-        server = ServerConfig(**kwargs)
-        if not _is_loopback(server.host):
+        if "allow_unauthenticated" in t:
+            kwargs["allow_unauthenticated"] = self.boolean(
+                t["allow_unauthenticated"], (*key, "allow_unauthenticated")
+            )
+        if "anonymous_resume" in t:
+            value = t["anonymous_resume"]
+            if value not in ("api_key", "off") or not isinstance(value, str):
+                self.fail((*key, "anonymous_resume"), f'expected "api_key" or "off", got {_describe(value)}')
+            kwargs["anonymous_resume"] = value
+        if "cors_allow_origins" in t:
+            kwargs["cors_allow_origins"] = self.origins(t["cors_allow_origins"], (*key, "cors_allow_origins"))
+        if "log_format" in t:
+            if t["log_format"] not in LOG_FORMATS:
+                self.fail((*key, "log_format"), f'expected "text" or "json", got {_describe(t["log_format"])}')
+            kwargs["log_format"] = t["log_format"]
+        if "metrics_max_consumers" in t:
+            kwargs["metrics_max_consumers"] = self.integer(
+                t["metrics_max_consumers"], (*key, "metrics_max_consumers"), unit="consumers", low=0
+            )
+        kwargs.update(self.tls(t, key))
+        return ServerConfig(**kwargs)
+
+    def tls(self, t: Mapping[str, Any], key: _Key) -> dict[str, str]:
+        """tls_cert and tls_key (both or neither), checked by loading them as the server will."""
+        present = [name for name in ("tls_cert", "tls_key") if name in t]
+        if not present:
+            return {}
+        if len(present) == 1:
+            missing = "tls_key" if present == ["tls_cert"] else "tls_cert"
+            self.fail((*key, present[0]), f"needs {missing} too (PEM files of the certificate and its key)")
+        paths = {name: self.path_value(t[name], (*key, name)) for name in present}
+        try:
+            server_context(paths["tls_cert"], paths["tls_key"])
+        except TlsFileError as exc:
+            self.fail((*key, exc.which), exc.problem)
+        if _mode(paths["tls_key"]) & 0o044:
+            self.warn((*key, "tls_key"), f"{paths['tls_key']} is readable by others (chmod 600 it)")
+        return paths
+
+    def exposure(self, server: ServerConfig, consumers: tuple[ConsumerAccess, ...]) -> None:
+        """A listener others can reach must authenticate its consumers, unless told otherwise."""
+        key: _Key = ("server",)
+        if consumers and server.allow_unauthenticated:
+            self.warn(
+                (*key, "allow_unauthenticated"),
+                "has no effect: [consumers] tables exist, so every request needs a token",
+            )
+        if server.loopback:
+            return
+        if not consumers and not server.allow_unauthenticated:
+            self.fail(
+                (*key, "listen"),
+                f"listening on {server.host} without [consumers.<name>] tables would let anyone who "
+                "can reach it read every stream: add consumer tables (lsproxy token new NAME) "
+                "or set allow_unauthenticated = true",
+            )
+        if not consumers:
             self.warn(
                 (*key, "listen"),
                 f"listening on {server.host}: consumers are not authenticated, "
                 "anyone who can reach this address can read the stream",
             )
-        return server
+        elif server.tls_cert is None:
+            self.warn(
+                (*key, "listen"),
+                f"listening on {server.host} without TLS: tokens and records travel unencrypted "
+                "(set tls_cert and tls_key)",
+            )
+
+    def cluster(self, value: Any) -> ClusterConfig:
+        key: _Key = ("cluster",)
+        t = self.table(value, key, header="[cluster]")
+        self.check_keys(t, _CLUSTER_KEYS, key, {"token": "use token_env", "password": "use password_env"})
+        nkey = (*key, "nats")
+        seeds = t.get("nats")
+        if isinstance(seeds, str):
+            seeds = [seeds]
+        if not isinstance(seeds, list) or not seeds:
+            self.fail(
+                nkey,
+                f'expected a list of NATS server URLs (e.g. ["nats://127.0.0.1:4222"]), got {_describe(seeds, show=False)}',
+            )
+        urls = tuple(self.nats_url(url, (*nkey,)) for url in seeds)
+        node = t.get("node", platform.node())
+        if not isinstance(node, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", node):
+            self.fail(
+                (*key, "node"),
+                f"expected a node name of 1-64 letters, digits, '-', '_', '.', got {_describe(node)}"
+                + ("" if "node" in t else " (the host name; set node)"),
+            )
+        kwargs: dict[str, Any] = {"nats": urls, "node": node}
+        if "replicas" in t:
+            kwargs["replicas"] = self.integer(
+                t["replicas"], (*key, "replicas"), unit="replicas", low=1, high=MAX_CLUSTER_REPLICAS
+            )
+        if "lease_ttl" in t:
+            ttl = self.duration(t["lease_ttl"], (*key, "lease_ttl"), nonzero="")
+            if ttl < MIN_LEASE_TTL:
+                self.fail(
+                    (*key, "lease_ttl"), f"must be at least {_seconds(MIN_LEASE_TTL)} s, got {_seconds(ttl)}"
+                )
+            kwargs["lease_ttl"] = ttl
+        if "clock_skew_margin" in t:
+            kwargs["clock_skew_margin"] = self.duration(t["clock_skew_margin"], (*key, "clock_skew_margin"))
+        if "publish_buffer_bytes" in t:
+            kwargs["publish_buffer_bytes"] = self.byte_count(
+                t["publish_buffer_bytes"], (*key, "publish_buffer_bytes"), minimum=MIN_MEMORY_BYTES
+            )
+        auth = [k for k in ("credentials_file", "token_env", "user") if k in t]
+        if len(auth) > 1:
+            self.fail(
+                key,
+                f"set only one of credentials_file, token_env, user + password_env (got {', '.join(auth)})",
+            )
+        if "credentials_file" in t:
+            path = self.path_value(t["credentials_file"], (*key, "credentials_file"))
+            if not os.path.isfile(path):
+                self.fail((*key, "credentials_file"), f"{path} is not a readable file")
+            kwargs["credentials_file"] = path
+        if "token_env" in t:
+            kwargs["token"] = Secret(self.from_env(t["token_env"], (*key, "token_env"), inline=None)[1])
+        if "password_env" in t and "user" not in t:
+            self.fail((*key, "password_env"), "needs user")
+        if "user" in t:
+            user = t["user"]
+            if not isinstance(user, str) or not user:
+                self.fail((*key, "user"), f"expected a user name, got {_describe(user, show=False)}")
+            if "password_env" not in t:
+                self.fail((*key, "user"), "needs password_env")
+            kwargs["user"] = user
+            kwargs["password"] = Secret(
+                self.from_env(t["password_env"], (*key, "password_env"), inline=None)[1]
+            )
+        if "tls_ca" in t:
+            path = self.path_value(t["tls_ca"], (*key, "tls_ca"))
+            if not os.path.isfile(path):
+                self.fail((*key, "tls_ca"), f"{path} is not a readable file")
+            kwargs["tls_ca"] = path
+        return ClusterConfig(**kwargs)
+
+    def nats_url(self, value: Any, key: _Key) -> str:
+        if not isinstance(value, str):
+            self.fail(key, f"expected a NATS server URL string, got {_describe(value, show=False)}")
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            self.fail(key, "not a valid URL (nats://host:port)")
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            self.fail(key, "expected nats://host:port or tls://host:port")
+        if "@" in parts.netloc:  # never echoed: it may hold a password
+            self.fail(
+                key, "must not contain user info; use token_env, user + password_env or credentials_file"
+            )
+        if port is None:
+            self.fail(key, "missing port (NATS listens on 4222 by default)")
+        return value
 
     def listen(self, value: Any, key: _Key) -> tuple[str, int]:
         example = 'e.g. "127.0.0.1:8080" or "[::1]:8080"'
@@ -474,6 +753,15 @@ class _Parser(_CredentialsParser):
         if port > 65535:
             self.fail(key, f"port {port} is outside 0..65535")
         return host, port
+
+    def origins(self, value: Any, key: _Key) -> tuple[str, ...]:
+        example = '["https://dashboard.example.com"] or ["*"]'
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(key, f"expected a list of origins ({example}), got {_describe(value)}")
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                self.fail(key, f"{_quote(origin)} is not an origin (scheme://host[:port], no path)")
+        return tuple(value)
 
     def replay_window(self, value: Any, key: _Key) -> int | None:
         if value == "auto" and isinstance(value, str):
@@ -506,7 +794,7 @@ class _Parser(_CredentialsParser):
                 t["memory_bytes"], (*key, "memory_bytes"), minimum=MIN_MEMORY_BYTES
             )
         storage = StorageConfig(**kwargs)
-        if storage.durable and os.path.lexists(directory) and not os.path.isdir(directory):
+        if os.path.lexists(directory) and not os.path.isdir(directory):  # durable or not: the journal
             self.fail(dkey, f"{directory} exists but is not a directory")
         return storage
 
@@ -697,6 +985,13 @@ class _Parser(_CredentialsParser):
                     )
                 owners.setdefault(route, (s.name, role))
         return {route: owner for route, (owner, _) in owners.items()}
+
+
+def _mode(path: str) -> int:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0
 
 
 def _reconnect_note(delay: float) -> str:

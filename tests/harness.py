@@ -53,7 +53,17 @@ class ProxyUnderTest:
             return r.status_code, r.json()
 
 
-SERVER_ONLY_KEYS = {"replay_window_bytes", "client_buffer_bytes", "max_named_consumers", "consumer_ttl"}
+_OTHER_SERVER_KEYS = {
+    "replay_window_bytes",
+    "client_buffer_bytes",
+    "max_named_consumers",
+    "consumer_ttl",
+    "tcp_user_timeout",
+    "anonymous_resume",
+    "anonymous_resume_linger",
+    "anonymous_group_linger",
+    "cors_allow_origins",
+}
 
 
 def proxy_config(
@@ -61,11 +71,14 @@ def proxy_config(
     *,
     streams: tuple[str, ...] = ("s1",),
     stream_keys: Mapping[str, Mapping[str, str]] | None = None,
+    endpoints: Mapping[str, str] | None = None,
     extra: str = "",
     **overrides: Any,
 ) -> Config:
     """A config for the proxy in front of ``sim``: fast delays, ephemeral port.
-    Keyword arguments override [server] keys (those set here, ``SERVER_ONLY_KEYS``) or [upstream] keys."""
+    ``endpoints`` maps a stream name to another simulator endpoint than its own name.
+    Keyword arguments (TOML literals) override [server] keys or [upstream] keys;
+    ``extra`` is TOML added after the [storage] table (more keys, or whole tables)."""
     server: dict[str, Any] = {
         "listen": '"127.0.0.1:0"',
         "heartbeat_interval": 0.2,
@@ -79,8 +92,9 @@ def proxy_config(
         "connect_timeout": 2,
         "healthy_after": 0.5,
     }
+    server_only = ("replay_window_bytes", "tls_cert", "tls_key", "allow_unauthenticated")
     for key, value in overrides.items():
-        (server if key in server or key in SERVER_ONLY_KEYS else settings)[key] = value
+        (server if key in server or key in server_only or key in _OTHER_SERVER_KEYS else settings)[key] = value
     lines = [
         "[server]",
         *(f"{k} = {v}" for k, v in server.items()),
@@ -94,7 +108,8 @@ def proxy_config(
         'token = "sim-secret-token-123"',
     ]
     for name in streams:
-        lines += [f"[streams.{name}]", f'url = "{sim.url(name)}"', f'report_suite = "suite-{name}"']
+        url = sim.url((endpoints or {}).get(name, name))
+        lines += [f"[streams.{name}]", f'url = "{url}"', f'report_suite = "suite-{name}"']
         lines += [f"{k} = {v}" for k, v in (stream_keys or {}).get(name, {}).items()]
     return parse_config("\n".join(lines), path="test.toml", environ={})
 
@@ -151,6 +166,7 @@ class StreamReader:
         self.response_headers: dict[str, str] = {}
         self.records: list[bytes] = []  # non-empty records in arrival order
         self.empty_records = 0  # heartbeats and empty records
+        self.decoded = bytearray()  # the whole body as decoded (for Server-Sent Events)
         self.ended_cleanly = False
         self._buf = b""
         self._body = b""
@@ -190,6 +206,7 @@ class StreamReader:
                 return
             chunk, self._buf = rest[:size], rest[size + 2 :]
             data = self._inflater.decompress(chunk) if self.gzip else chunk
+            self.decoded += data
             self._tail += data
             *complete, self._tail = self._tail.split(b"\r\n")
             for record in complete:

@@ -11,6 +11,11 @@ synchronously), and the caller cancels the old connection afterwards. Progress
 reported under a stale lease is ignored, so a dying connection can never move
 a cursor that someone else now owns.
 
+An operator may move or forget a named cursor (the admin API): the holding
+connection's lease goes stale the same way, and the caller ends that
+connection. Lease generations are unique within the book, so a lease of a
+forgotten cursor never matches a new cursor of the same name.
+
 The delivery rule. ``send_all`` returning only means the kernel took the
 bytes; a consumer killed at that moment loses whatever sat in our send buffer,
 in its receive buffer and in its own read buffers. So a cursor is not simply
@@ -35,10 +40,17 @@ Retention may trim records a cursor has not reached. Only records that were
 never handed to this consumer's socket count as *skipped*: a rewind whose
 point was trimmed re-sends less, it does not lose anything the consumer has not
 already been sent (``Cursor.delivered`` is the furthest offset ever sent).
+An explicit start below the oldest retained record (an exact resume) is not
+clamped silently either: the records it asked for and was never sent count as
+skipped.
 
 Named cursors are bounded: at most ``max_named`` per book (a new name beyond
 it is refused with ``TooManyConsumers``), and one not connected for ``ttl``
 seconds is forgotten by ``sweep`` (oldest first, a bounded number per call).
+Every named cursor counts, a consumer group's shares included (hub/groups.py
+checks a group's N shares against the cap before it creates them); every
+mutation that creates or deletes a named cursor keeps ``_named`` and ``_idle``
+(the disconnected ones, least recently seen first) in step.
 
 All of this is pure book-keeping: no I/O, no clock (callers pass ``now``), no trio.
 """
@@ -138,6 +150,7 @@ class Cursor:
     seen_at: float = 0.0  # last seen connected (unix time; for the ttl)
     delivered: int = 0  # furthest offset ever handed to this consumer's socket
     last_replay: tuple[int, int] = (0, 0)  # (records, wire bytes) its last connection left unconfirmed
+    persisted: bool = True  # named cursors only; False: kept in memory (an anonymous group's shares)
 
     @property
     def connected(self) -> bool:
@@ -172,6 +185,7 @@ class CursorBook:
         self._cursors: dict[str, Cursor] = {}
         self._anonymous = 0
         self._named = 0
+        self._generations = 0  # the last lease generation handed out, book-wide
         # Disconnected named cursors, least recently seen first (detach order): the
         # sweep looks at the front only, so it costs O(forgotten), never O(cursors).
         self._idle: OrderedDict[str, None] = OrderedDict()
@@ -196,7 +210,7 @@ class CursorBook:
         refresh = min(SEEN_REFRESH_SECONDS, self.ttl / 8) if self.ttl > 0 else SEEN_REFRESH_SECONDS
         saved = {}
         for c in self._cursors.values():
-            if not c.named:
+            if not c.named or not c.persisted:
                 continue
             if c.delivery is not None:
                 if now - c.seen_at >= refresh:
@@ -211,11 +225,29 @@ class CursorBook:
         for name, (position, skipped, seen_at) in sorted(saved.items(), key=lambda item: item[1][2]):
             if name in self._cursors:
                 continue
-            self._cursors[name] = Cursor(
-                name, named=True, position=position, skipped=skipped, seen_at=seen_at, delivered=position
-            )
-            self._named += 1
-            self._idle[name] = None
+            self._add_idle(Cursor(name, named=True, position=position, skipped=skipped, seen_at=seen_at))
+
+    def adopt(self, name: str, position: int, skipped: int, now: float) -> bool:
+        """A named cursor's position as another proxy (a cluster node) left it; ignored
+        while a connection here holds the cursor. True when taken. Seen ``now``: another
+        node's consumer is alive, so the ttl counts from here."""
+        cursor = self._cursors.get(name)
+        if cursor is None:
+            self._add_idle(Cursor(name, named=True, position=position, skipped=skipped, seen_at=now))
+            return True
+        if cursor.connected or not cursor.named:
+            return False
+        cursor.position, cursor.skipped, cursor.seen_at = position, skipped, now
+        cursor.delivered = max(cursor.delivered, position)
+        self._idle.move_to_end(name)  # newest last
+        return True
+
+    def _add_idle(self, cursor: Cursor) -> None:
+        """A new disconnected named cursor (restored, adopted, created by an operator)."""
+        cursor.delivered = cursor.position  # records before it count as sent: never skips
+        self._cursors[cursor.name] = cursor
+        self._named += 1
+        self._idle[cursor.name] = None
 
     def attach(
         self,
@@ -227,15 +259,17 @@ class CursorBook:
         window_bytes: int | None,
         now: float = 0.0,
         start_at: int | None = None,
+        capped: bool = True,
     ) -> Lease:
         """A connection starts. ``name`` None means an anonymous consumer. ``start_at``
-        (a replay by time) overrides the cursor and ``reset``. Raises TooManyConsumers
-        (changing nothing) for a new name beyond ``max_named``."""
+        (a replay by time, an exact resume) overrides the cursor and ``reset``. Raises
+        TooManyConsumers (changing nothing) for a new name beyond ``max_named`` (unless
+        ``capped`` is False: a group's share, checked by the GroupBook)."""
         cursor = self._cursors.get(name) if name is not None else None
         took_over = cursor is not None and cursor.connected
         created = cursor is None
         if cursor is None:
-            if name is not None and self._named >= self.max_named:
+            if name is not None and capped and self._named >= self.max_named:
                 raise TooManyConsumers(f"{self._named} named consumers already (max_named_consumers)")
             # A first connection starts at the live tail, as Live Stream's own first
             # connection does, unless it asks for the oldest retained record.
@@ -256,7 +290,9 @@ class CursorBook:
             else:
                 start = min(cursor.position, tail)
         if start_at is not None:
-            start = min(max(start_at, oldest), tail)
+            start = min(start_at, tail)
+        if created:
+            cursor.delivered = start  # nothing was sent: everything asked for and trimmed is a skip
         skipped = trimmed = 0
         if start < oldest:
             skipped = _unsent(cursor, start, oldest)
@@ -264,7 +300,8 @@ class CursorBook:
             cursor.skipped += skipped
             start = oldest
         replayed = max(0, min(cursor.delivered, tail) - start)
-        cursor.generation += 1
+        self._generations += 1
+        cursor.generation = self._generations
         cursor.connections += 1
         cursor.position = start
         cursor.seen_at = now
@@ -280,6 +317,12 @@ class CursorBook:
             skipped=skipped,
             rewind_trimmed=trimmed,
         )
+
+    def remove(self, name: str) -> None:
+        """Forget a cursor that no connection holds (a consumer group's old shares)."""
+        cursor = self._cursors.get(name)
+        if cursor is not None and not cursor.connected:
+            self._delete(cursor)
 
     def is_current(self, lease: Lease) -> bool:
         cursor = self._cursors.get(lease.name)
@@ -338,10 +381,44 @@ class CursorBook:
             cursor = self._cursors[name]
             if cursor.seen_at > cutoff:
                 break
-            del self._idle[name], self._cursors[name]
-            self._named -= 1
+            self._delete(cursor)
             forgotten.append(cursor)
         return forgotten
+
+    def move(self, name: str, position: int, now: float = 0.0) -> Cursor:
+        """An operator sets named cursor ``name`` to ``position`` (creating it if needed,
+        beyond ``max_named`` too: an operator's decision). A connection holding it loses
+        its lease: the caller ends that connection, and the consumer resumes at
+        ``position`` when it reconnects."""
+        cursor = self._cursors.get(name)
+        if cursor is None:
+            cursor = Cursor(name, named=True, position=position, seen_at=now)
+            self._add_idle(cursor)
+            return cursor
+        if not cursor.named:
+            raise ValueError(f"{name!r} is an anonymous consumer's cursor")
+        if cursor.delivery is not None:
+            cursor.delivery = None
+            self._generations += 1
+            cursor.generation = self._generations  # the connection's lease is stale now
+            cursor.seen_at = now
+            self._idle[name] = None  # newest last
+        cursor.position = position
+        return cursor
+
+    def forget(self, name: str) -> Cursor | None:
+        """An operator deletes named cursor ``name``; a connection holding it loses its lease."""
+        cursor = self._cursors.get(name)
+        if cursor is None or not cursor.named:
+            return None
+        self._delete(cursor)
+        return cursor
+
+    def _delete(self, cursor: Cursor) -> None:
+        del self._cursors[cursor.name]
+        if cursor.named:
+            self._named -= 1
+            self._idle.pop(cursor.name, None)
 
     @staticmethod
     def _release(cursor: Cursor) -> None:

@@ -17,6 +17,16 @@ Ids are found with a bytes regex, not a JSON parse: records stay byte-for-byte
 as received and ids above 2^53 stay exact (the id is kept as the digit
 bytes). Records without both ids pass through untouched.
 
+A backfill is short; a long run of consecutive duplicates means the upstream
+replays history or reuses ids (a restarted source numbering its hits from 0
+again), and consumers silently get nothing while the stream looks healthy. So
+the window counts the current run (``consecutive``) and, once a run reaches
+``warn_after``, has a warning due (``take_warning``): at most one per
+``warn_interval`` seconds, for the longest run seen since the last one.
+
+The window also remembers each id's log offset (given by the caller), so an
+exact resume (``after=<hit id>``) within the window is one lookup.
+
 Pure: no I/O, no clock (``now`` is passed in).
 """
 
@@ -46,13 +56,37 @@ def hit_id(record: bytes) -> bytes | None:
     return high.group(1) + b":" + low.group(1)
 
 
+WARN_AFTER = 1000  # consecutive duplicates: far more than a reconnect's backfill
+WARN_INTERVAL = 60.0  # seconds between two warnings about duplicate runs
+def parse_hit_id(value: str) -> bytes | None:
+    """``"<high>:<low>"`` (decimal, as in the records) -> the key dedup uses, or None."""
+    high, sep, low = value.partition(":")
+    if not (sep and high.isdigit() and low.isdigit() and high.isascii() and low.isascii()):
+        return None
+    if len(high) > 40 or len(low) > 40 or int(high) >= 2**64 or int(low) >= 2**64:
+        return None
+    return str(int(high)).encode() + b":" + str(int(low)).encode()
+
+
 class DedupWindow:
-    def __init__(self, *, max_records: int, max_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_records: int,
+        max_seconds: float,
+        warn_after: int = WARN_AFTER,
+        warn_interval: float = WARN_INTERVAL,
+    ) -> None:
         self.max_records = max_records
         self.max_seconds = max_seconds
-        self._seen: set[bytes] = set()
+        self.warn_after = warn_after
+        self.warn_interval = warn_interval
+        self._seen: dict[bytes, int | None] = {}  # id -> log offset (None: not known)
         self._order: deque[tuple[float, bytes]] = deque()
         self.dropped = 0  # duplicates dropped so far
+        self.consecutive = 0  # duplicates dropped since the last record kept
+        self._unreported = 0  # longest run >= warn_after not yet warned about
+        self._warned_at = float("-inf")
 
     @property
     def enabled(self) -> bool:
@@ -61,25 +95,47 @@ class DedupWindow:
     def __len__(self) -> int:
         return len(self._order)
 
-    def filter(self, records: Sequence[bytes], now: float) -> list[bytes]:
-        """The records whose ids were not seen within the window (in order); remembers them."""
+    def filter(self, records: Sequence[bytes], now: float, first_offset: int | None = None) -> list[bytes]:
+        """The records whose ids were not seen within the window (in order); remembers them,
+        and, with ``first_offset`` (the offset the first kept record will get), where."""
         if not self.enabled:
             return list(records)
         self._expire(now)
-        kept = []
+        kept: list[bytes] = []
         seen, order = self._seen, self._order
+        run = self.consecutive
         for record in records:
             key = hit_id(record)
             if key is None:
                 kept.append(record)
             elif key in seen:
                 self.dropped += 1
+                run += 1
             else:
-                seen.add(key)
+                if run >= self.warn_after:
+                    self._unreported = max(self._unreported, run)
+                run = 0
+                seen[key] = None if first_offset is None else first_offset + len(kept)
                 order.append((now, key))
                 kept.append(record)
+        if run >= self.warn_after:
+            self._unreported = max(self._unreported, run)
+        self.consecutive = run
         self._trim()
         return kept
+
+    def take_warning(self, now: float) -> int | None:
+        """The length of a run of at least ``warn_after`` consecutive duplicates to warn
+        about, at most once per ``warn_interval``; None when nothing is due."""
+        if not self._unreported or now - self._warned_at < self.warn_interval:
+            return None
+        run, self._unreported, self._warned_at = self._unreported, 0, now
+        return run
+
+    def offset_of(self, key: bytes) -> int | None:
+        """The log offset of the record with hit id ``key`` (``b"<high>:<low>"``), if the
+        window holds it and knows where it went."""
+        return self._seen.get(key)
 
     def seed(self, records: Iterable[bytes], now: float) -> None:
         """Remember ids of records stored before (e.g. before a restart) without filtering."""
@@ -88,7 +144,7 @@ class DedupWindow:
         for record in records:
             key = hit_id(record)
             if key is not None and key not in self._seen:
-                self._seen.add(key)
+                self._seen[key] = None
                 self._order.append((now, key))
         self._trim()
 
@@ -96,9 +152,9 @@ class DedupWindow:
         horizon = now - self.max_seconds
         order, seen = self._order, self._seen
         while order and order[0][0] < horizon:
-            seen.discard(order.popleft()[1])
+            seen.pop(order.popleft()[1], None)
 
     def _trim(self) -> None:
         order, seen = self._order, self._seen
         while len(order) > self.max_records:
-            seen.discard(order.popleft()[1])
+            seen.pop(order.popleft()[1], None)

@@ -96,18 +96,22 @@ class DurableLog(DurableWriter):
         connect: Connect = connect_sqlite,
     ) -> DurableLog:
         """Open (or create, or salvage) ``path``; StoreError when it cannot be used."""
-        store, loaded = await trio.to_thread.run_sync(
-            open_store, path, min(memory_bytes, retention_bytes), connect
-        )
-        return cls(
-            store,
-            loaded,
-            retention_bytes=retention_bytes,
-            retention_seconds=retention_seconds,
-            memory_bytes=memory_bytes,
-            commit_interval=commit_interval,
-            clock=clock,
-        )
+
+        def opened() -> DurableLog:
+            # Building the row index and applying retention loop over every stored row:
+            # in the worker thread too, so a large store never stalls the event loop.
+            store, loaded = open_store(path, min(memory_bytes, retention_bytes), connect)
+            return cls(
+                store,
+                loaded,
+                retention_bytes=retention_bytes,
+                retention_seconds=retention_seconds,
+                memory_bytes=memory_bytes,
+                commit_interval=commit_interval,
+                clock=clock,
+            )
+
+        return await trio.to_thread.run_sync(opened)
 
     # -- MemoryLog's properties ---------------------------------------------
     @property

@@ -34,12 +34,15 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
+from urllib.parse import unquote
 
 import trio
 
+from lsproxy.histogram import COMMIT_SECONDS, Histogram
 from lsproxy.hub.cursors import SavedCursor
 from lsproxy.hub.durable_index import RowIndex
 from lsproxy.hub.segment import Segment, SegmentRun
@@ -87,7 +90,6 @@ class DurableWriter(abc.ABC):
         self._cursors = dict(loaded.cursors)
         self._stored_cursors = dict(loaded.cursors)
         self._snapshot: dict[str, SavedCursor] | None = None
-        self._forget: set[str] = set()  # forgotten cursors not yet deleted from the store
         self._meta = dict(loaded.meta)
         self._dirty_meta: dict[str, str] = {}
         self._shut = False
@@ -100,6 +102,9 @@ class DurableWriter(abc.ABC):
         self._disk_bytes = loaded.disk_bytes
         self._commits = 0
         self._last_commit: tuple[float, float] | None = None  # (wall time, seconds it took)
+        self.commit_seconds = Histogram(COMMIT_SECONDS)  # every successful commit's duration
+        # Structured log fields: the stream's name, from <dir>/<stream>.sqlite3 (store_files).
+        self._log_fields = {"stream": unquote(os.path.basename(self.path).removesuffix(".sqlite3"))}
         self._apply_retention(clock())
 
     @abc.abstractmethod
@@ -133,13 +138,10 @@ class DurableWriter(abc.ABC):
         return dict(self._cursors)
 
     def save_cursors(self, cursors: Mapping[str, SavedCursor]) -> None:
-        """The cursors to persist with the next commit (only changed ones are written;
-        a name missing from the snapshot stays as stored, unless forgotten)."""
+        """The cursors to persist with the next commit: every named cursor (only changed
+        ones are written; a stored name missing from the snapshot, one an operator
+        deleted or consumer_ttl forgot, is deleted)."""
         self._snapshot = dict(cursors)
-
-    def forget_cursors(self, names: Iterable[str]) -> None:
-        """Delete these cursors from the store with the next commit (consumer_ttl)."""
-        self._forget.update(names)
 
     def get_meta(self, key: str) -> str | None:
         return self._meta.get(key)
@@ -232,16 +234,16 @@ class DurableWriter(abc.ABC):
         segments = self._queue.take(MAX_COMMIT_BYTES)
         snapshot = self._snapshot
         cursors = {}
+        forgotten: list[str] = []
         if snapshot is not None:
-            self._forget.difference_update(snapshot)  # the name came back since: keep it
             cursors = {k: v for k, v in snapshot.items() if self._stored_cursors.get(k) != v}
-        forget = sorted(self._forget)
+            forgotten = [k for k in self._stored_cursors if k not in snapshot]
         meta = dict(self._dirty_meta)
         next_offset = self._next
-        idle = not (segments or cursors or meta or forget)
+        idle = not (segments or cursors or forgotten or meta)
         if idle and (self._trim_below, next_offset) == (self._trim_written, self._next_written):
             return True
-        work = Commit(segments, self._trim_below, next_offset, cursors, meta, now, forget)
+        work = Commit(segments, self._trim_below, next_offset, cursors, meta, now, forgotten)
         try:
             done = await trio.to_thread.run_sync(self._store.commit, work, abandon_on_cancel=abandon)
         except (sqlite3.Error, OSError) as exc:
@@ -257,12 +259,11 @@ class DurableWriter(abc.ABC):
             if row[0] >= self._trim_below:
                 self._index.append(*row)
         self._trim_written, self._next_written = work.trim_below, work.next_offset
-        for name in work.forget:
-            self._stored_cursors.pop(name, None)
-            self._cursors.pop(name, None)
-        self._forget.difference_update(work.forget)
         self._stored_cursors.update(work.cursors)
         self._cursors.update(work.cursors)
+        for name in work.forgotten:
+            self._stored_cursors.pop(name, None)
+            self._cursors.pop(name, None)
         if self._snapshot is snapshot:
             self._snapshot = None
         for key, value in work.meta.items():
@@ -270,10 +271,12 @@ class DurableWriter(abc.ABC):
                 del self._dirty_meta[key]
         self._disk_bytes, self._last_commit = done.disk_bytes, (work.now, done.seconds)
         self._commits += 1
+        self.commit_seconds.observe(done.seconds)
         if self._error is not None:
             log.warning(
                 "stream store %s: persisting again after %.0f s (%s)",
                 self.path, work.now - (self._error_since or work.now), self._error,
+                extra=self._log_fields,
             )  # fmt: skip
             self._error = self._error_since = None
         if self._dropping and self._queue.bytes <= self._queue_cap // 2:
@@ -291,6 +294,7 @@ class DurableWriter(abc.ABC):
             log.error(
                 "stream store %s: cannot persist: %s; keeping records in memory (up to %.1f MB) "
                 "and retrying every %g s", self.path, message, self._queue_cap / 1e6, self.commit_interval,
+                extra=self._log_fields,
             )  # fmt: skip
         self._error = message
 

@@ -5,7 +5,10 @@ read): the records joined with their CRLF terminators, plus each record's byte
 end, so a reader can start at any record without touching the others. A
 segment also carries, computed once on first use and then shared by every gzip
 consumer, its raw-deflate compression (independent: ends with a full flush)
-and its CRC-32: the "compress once, share" path of serve/encoding.py.
+and its CRC-32: the "compress once, share" path of serve/encoding.py; and,
+for consumer groups, each record's share hash (hub/visitor.py), computed once
+for every member of every group. ``Block`` is what the two kinds of shared
+bytes have in common: segments, and renderings of them (serve/view.py).
 
 A *slice* is what one read of the log returns: whole segments where possible
 (shareable), and plain bytes where a reader starts or stops inside a segment.
@@ -15,27 +18,49 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import array
 import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
 from lsproxy import deflate
+from lsproxy.hub.visitor import segment_hashes
 
 CRLF = b"\r\n"
 COMPACT_AFTER = 1024  # dead entries before the front of a SegmentRun is compacted
 
 
-class Segment:
-    __slots__ = ("_deflated", "crc", "data", "ends", "first", "received_at")
+class Block:
+    """Bytes sent as they are to many consumers, with their compression made once, on
+    first use: a segment, or a rendering of one shared by consumers (serve/view.py)."""
+
+    __slots__ = ("_deflated", "crc", "data")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._deflated: bytes | None = None
+        self.crc = 0
+
+    def deflated(self) -> bytes:
+        """These bytes as an independent raw-deflate block (computed once, then shared)."""
+        if self._deflated is None:
+            self._deflated = deflate.deflate_block(self.data)
+            self.crc = deflate.crc32(self.data)
+        return self._deflated
+
+
+class Segment(Block):
+    __slots__ = ("_hashes", "ends", "first", "received_at")
 
     def __init__(self, first: int, data: bytes, ends: Sequence[int], received_at: float) -> None:
         self.first = first  # offset of the segment's first record
         self.data = data  # the records, each followed by CRLF
         self.ends = ends  # ends[i]: byte end (exclusive) of record first + i in data
         self.received_at = received_at  # wall-clock time of arrival
-        self._deflated: bytes | None = None
+        self._deflated = None
         self.crc = 0
+        self._hashes: array.array[int] | None = None
 
     @property
     def end(self) -> int:
@@ -46,12 +71,11 @@ class Segment:
         i = offset - self.first
         return self.ends[i - 1] if i > 0 else 0
 
-    def deflated(self) -> bytes:
-        """This segment as an independent raw-deflate block (computed once, then shared)."""
-        if self._deflated is None:
-            self._deflated = deflate.deflate_block(self.data)
-            self.crc = deflate.crc32(self.data)
-        return self._deflated
+    def share_hashes(self) -> array.array[int]:
+        """Each record's share hash (hub/visitor.py): computed once, for every group."""
+        if self._hashes is None:
+            self._hashes = segment_hashes(self.data, self.ends, self.first)
+        return self._hashes
 
 
 def make_segment(first: int, records: Sequence[bytes], received_at: float) -> Segment:
@@ -63,7 +87,7 @@ def make_segment(first: int, records: Sequence[bytes], received_at: float) -> Se
 class Slice:
     start: int  # offset of the first record (> the asked offset if records were trimmed)
     end: int  # offset just past the last record
-    pieces: tuple[Segment | bytes, ...] = ()  # whole segments, or bytes of part of one
+    pieces: tuple[Block | bytes, ...] = ()  # whole segments (or their renderings), or plain bytes
 
     @property
     def count(self) -> int:
@@ -74,8 +98,8 @@ class Slice:
         """The records, each followed by CRLF."""
         if len(self.pieces) == 1:
             piece = self.pieces[0]
-            return piece.data if isinstance(piece, Segment) else piece
-        return b"".join(p.data if isinstance(p, Segment) else p for p in self.pieces)
+            return piece.data if isinstance(piece, Block) else piece
+        return b"".join(p.data if isinstance(p, Block) else p for p in self.pieces)
 
 
 def slice_segments(segs: Sequence[Segment], i: int, offset: int, max_bytes: int) -> Slice:
@@ -87,7 +111,7 @@ def slice_segments(segs: Sequence[Segment], i: int, offset: int, max_bytes: int)
     next batch mid-segment too, and could not share that segment's compression
     (serve/encoding.py). A segment is one upstream read, so the overshoot is bounded."""
     start = max(offset, segs[i].first)
-    pieces: list[Segment | bytes] = []
+    pieces: list[Block | bytes] = []
     size = 0
     end = start
     while i < len(segs) and size < max_bytes:

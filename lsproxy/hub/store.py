@@ -128,7 +128,7 @@ class Commit:
     cursors: Mapping[str, tuple[int, int, float]]  # changed ones only
     meta: Mapping[str, str]  # changed ones only
     now: float
-    forget: Sequence[str] = ()  # cursors to delete (before the upserts)
+    forgotten: Sequence[str] = ()  # cursors to delete
 
 
 @dataclass
@@ -239,7 +239,7 @@ class Store:
                 # retry idempotent (nothing at or above the batch is committed otherwise).
                 conn.execute("DELETE FROM segments WHERE first >= ?", (work.segments[0].first,))
                 conn.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", params())
-            conn.executemany("DELETE FROM cursors WHERE name = ?", [(name,) for name in work.forget])
+            conn.executemany("DELETE FROM cursors WHERE name = ?", [(name,) for name in work.forgotten])
             conn.executemany(
                 "INSERT INTO cursors VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "position = excluded.position, skipped = excluded.skipped, updated_at = excluded.updated_at",

@@ -66,6 +66,7 @@ def stream_db_path(directory: str, stream: str) -> str:
 class LockHandle:
     path: str
     fd: int | None
+    existed: bool = False  # the lock file was there before: an earlier run left it
 
     def release(self) -> None:
         if self.fd is not None:
@@ -83,6 +84,7 @@ class LockHandle:
 def acquire_storage_lock(directory: str) -> LockHandle:
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, LOCK_NAME)
+    existed = os.path.exists(path)
     # O_CLOEXEC: a child process must not inherit (and so prolong) the lock.
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
@@ -99,7 +101,7 @@ def acquire_storage_lock(directory: str) -> LockHandle:
         raise StoreError(f"cannot lock {path}: {exc.strerror}") from exc
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return LockHandle(path, fd)
+    return LockHandle(path, fd, existed)
 
 
 def write_pid_file(directory: str) -> str:

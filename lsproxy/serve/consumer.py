@@ -9,8 +9,10 @@ shared buffers), hands it to the kernel with one ``writev`` (waiting, at most
 only then book-keeps the progress. With nothing to send it waits for new records
 for at most ``heartbeat_interval`` and otherwise sends a bare CRLF (an empty
 record, which Live Stream clients ignore), so clients with read timeouts stay
-connected while the upstream is down. A closed log (shutdown, stream removed)
-ends the body cleanly with the terminating chunk.
+connected while the upstream is down. A closed log (shutdown, stream removed),
+or an operator moving or deleting the consumer's cursor (``Subscription.end``,
+checked between batches so that no batch is cut), ends the body cleanly with
+the terminating chunk.
 
 Now and then (every ``SAMPLE_BYTES`` sent, on going idle, at heartbeats) the
 pump asks the kernel how much of what it sent the consumer may not have
@@ -23,22 +25,34 @@ reset). It discards what arrives, up to a limit, and cancels the response when
 the consumer goes.
 
 A stalled consumer blocks only its own pump; the upstream never waits for it.
+
+A consumer group member, a browser (Server-Sent Events) or a consumer asking
+for ``fields`` gets each batch through its ``View`` (view.py): renderings of
+whole segments are shared through the stream's cache, so the pump still
+sends shared buffers and shared compression. A batch that holds none of a
+member's records moves its cursor without a write.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import socket
 from dataclasses import dataclass
 
 import trio
 
 from lsproxy.hub.cursors import TooManyConsumers
+from lsproxy.hub.groups import GroupRefused
+from lsproxy.hub.hit_search import find_hit
+from lsproxy.hub.segment import Slice
 from lsproxy.hub.stream import StreamHub, Subscription
-from lsproxy.serve.encoding import Encoder, make_encoder
+from lsproxy.serve import sse
+from lsproxy.serve.encoding import HEARTBEAT, Encoder, make_encoder
 from lsproxy.serve.http import READ_SIZE, ConnectionBroken, HttpConnection
 from lsproxy.serve.inflight import InflightProbe, replay_window
 from lsproxy.serve.routes import ErrorReply, StreamRequest
+from lsproxy.serve.view import View, render_batch
 
 log = logging.getLogger("lsproxy.serve")
 
@@ -55,16 +69,59 @@ class StreamSettings:
     write_timeout: float
     replay_window_bytes: int | None  # a fixed bound on the bytes in flight; None: sample the kernel
     client_buffer_bytes: int = 1024 * 1024  # the consumer's own read buffers (gzip, line readers)
+    tcp_user_timeout: float = 30.0  # unacknowledged data this long: the consumer's host is gone
+    anonymous_resume: bool = True  # anonymous consumers resume by x-api-key
+    cors_allow_origins: frozenset[str] = frozenset()  # browser origins allowed to read ("*": any)
+
+
+def set_user_timeout(stream: trio.abc.Stream, seconds: float) -> None:
+    """TCP_USER_TIMEOUT: the kernel drops a connection whose sent data stays unacknowledged
+    this long, so a consumer whose host vanished is noticed within a heartbeat plus this."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None or seconds <= 0 or not isinstance(stream, trio.SocketStream):
+        return
+    try:
+        stream.socket.setsockopt(socket.IPPROTO_TCP, option, int(seconds * 1000))
+    except OSError as exc:  # not TCP (a Unix socket in tests), or refused: heartbeats still help
+        log.debug("TCP_USER_TIMEOUT not set: %s", exc)
+
+
+async def _asked_start(hub: StreamHub, request: StreamRequest) -> tuple[int | None, str | None]:
+    """(offset to start at, X-Lsproxy-Resume) for offset=/Last-Event-ID, after= or since=."""
+    if request.offset is not None:
+        return request.offset, None  # offset=, last_event_id=, Last-Event-ID (the header wins)
+    if request.after is not None:
+        found = await find_hit(hub, request.after)
+        return (None, "not-found") if found is None else (found + 1, "exact")
+    if request.since is not None:
+        return hub.log.offset_at(request.since), None
+    return None, None
+
+
+def _response_headers(
+    request: StreamRequest, encoder: Encoder, settings: StreamSettings
+) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"content-type", sse.CONTENT_TYPE if request.sse else b"application/json"),
+        (b"cache-control", b"no-store"),
+    ]
+    if encoder.content_encoding:
+        headers.append((b"content-encoding", encoder.content_encoding.encode()))
+    allowed = settings.cors_allow_origins
+    if request.origin is not None and ("*" in allowed or request.origin in allowed):
+        headers += [(b"access-control-allow-origin", request.origin.encode()), (b"vary", b"origin")]
+    return headers
 
 
 async def serve_stream(
     http: HttpConnection, hub: StreamHub, request: StreamRequest, settings: StreamSettings
 ) -> None:
     """Answer a stream GET until the consumer leaves, is taken over, or the stream ends."""
-    encoder = make_encoder(request.gzip)
-    headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
-    if encoder.content_encoding:
-        headers.append((b"content-encoding", encoder.content_encoding.encode()))
+    set_user_timeout(http.stream, settings.tcp_user_timeout)
+    start_at, resume = await _asked_start(hub, request)
+    asked = request.reset is not None or resume is not None or start_at is not None
+    encoder = make_encoder(request.gzip, sse.HEARTBEAT if request.sse else HEARTBEAT)
+    headers = _response_headers(request, encoder, settings)
     probe = InflightProbe.open(http.stream, settings.client_buffer_bytes)
     window = settings.replay_window_bytes
     if window is None and probe is None:
@@ -74,10 +131,16 @@ async def serve_stream(
             sub = hub.subscribe(
                 request.consumer,
                 reset=request.reset,
-                start_at=hub.log.offset_at(request.since) if request.since is not None else None,
+                start_at=start_at,
                 window_bytes=window,
                 cancel_scope=scope,
+                shares=request.shares,
+                resume_key=request.resume_key if settings.anonymous_resume and not asked else None,
             )
+        except GroupRefused as refused:
+            log.info("stream %s: %s", hub.name, refused.description)
+            await http.send_error(ErrorReply(409, refused.error, refused.description), settings.write_timeout)
+            return
         except TooManyConsumers:
             limit = hub.book.max_named
             log.info(
@@ -92,21 +155,33 @@ async def serve_stream(
             )  # fmt: skip
             await http.send_error(reply, settings.write_timeout)
             return
+        view = View(sub.shares, sub.share, request.sse, request.fields)
+        resume = resume or sub.resumed
+        headers.append((b"x-lsproxy-offset", b"%d" % sub.start))
+        if resume is not None:
+            headers.append((b"x-lsproxy-resume", resume.encode()))
+        fields = {"stream": hub.name, "consumer": sub.name}
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_for_departure, http, nursery.cancel_scope)
                 try:
                     # The head goes out with the first bytes of the body.
-                    head = http.start_body(200, headers) + http.body_chunk([encoder.start()])
-                    await _pump(http, hub, sub, encoder, settings, head, probe)
+                    opening = [encoder.start()]
+                    if request.sse and sub.lease.skipped:  # the asked start was lost to retention
+                        gap = sse.gap_event(sub.lease.skipped)
+                        opening += encoder.encode(Slice(sub.start, sub.start, (gap,)))
+                    head = http.start_body(200, headers) + http.body_chunk(opening)
+                    await _pump(http, hub, sub, encoder, settings, head, view, probe)
                 except ConnectionBroken as exc:
-                    log.info("stream %s: consumer %s: %s", hub.name, sub.name, exc)
+                    log.info("stream %s: consumer %s: %s", hub.name, sub.name, exc, extra=fields)
                 nursery.cancel_scope.cancel()
         finally:
             hub.unsubscribe(sub)
-            log.info("stream %s: consumer %s disconnected", hub.name, sub.name)
+            log.info("stream %s: consumer %s disconnected", hub.name, sub.name, extra=fields)
     if scope.cancelled_caught:
-        log.info("stream %s: connection of consumer %s replaced by a newer one", hub.name, sub.name)
+        log.info(
+            "stream %s: connection of consumer %s replaced by a newer one", hub.name, sub.name, extra=fields
+        )
 
 
 async def _pump(
@@ -116,6 +191,7 @@ async def _pump(
     enc: Encoder,
     settings: StreamSettings,
     pending: bytes,
+    view: View,
     probe: InflightProbe | None,
 ) -> None:
     offset = sub.start
@@ -132,19 +208,31 @@ async def _pump(
     timeout = settings.write_timeout  # a consumer that accepts nothing this long is cut
     unyielded = 0  # batches written without a trip through the scheduler (send_parts' fast path)
     while True:
+        if sub.ending:
+            await http.send(http.body_chunk([enc.finish()], pending) + http.END_BODY, timeout)
+            return
         batch = await hub.log.read(offset, BATCH_BYTES)
-        if batch.start > offset:
+        skipped = batch.start - offset
+        if skipped > 0:
             sub.skipped(offset, batch.start)
             offset = batch.start
         if batch.count:
-            parts = http.chunk_parts(enc.encode(batch), pending)
-            pending = b""
-            await http.send_parts(parts, timeout)
+            if not view.passthrough:
+                batch = render_batch(view, batch, hub.block_cache)
+                if view.sse and skipped > 0:
+                    batch = Slice(batch.start, batch.end, (sse.gap_event(skipped), *batch.pieces))
+            wire = 0
+            if batch.pieces:
+                parts = http.chunk_parts(enc.encode(batch), pending)
+                pending = b""
+                await http.send_parts(parts, timeout)
+                wire = sum(map(len, parts))
             offset = batch.end
-            size = sum(map(len, parts))
-            if not sub.sent(offset, size):
+            if not sub.sent(offset, wire):
+                if sub.ending:
+                    continue
                 return
-            unsampled += size
+            unsampled += wire
             if unsampled >= SAMPLE_BYTES:
                 sample()
             unyielded += 1
@@ -162,13 +250,15 @@ async def _pump(
         if unsampled and trio.current_time() - sampled_at >= IDLE_SAMPLE_SECONDS:
             sample()  # a consumer at the tail: what it has read of the batches just sent
         unyielded = 0
-        with trio.move_on_after(heartbeat):
+        with trio.move_on_after(heartbeat) as sub.wait_scope:
             await hub.log.wait_beyond(offset)
             continue
+        if sub.ending:
+            continue
         # Heartbeat: an empty record. Its bytes count for the rewind rule like any others.
-        wire = http.body_chunk([enc.heartbeat()])
-        await http.send(wire, timeout)
-        if not sub.sent(offset, len(wire)):
+        beat = http.body_chunk([enc.heartbeat()])
+        await http.send(beat, timeout)
+        if not sub.sent(offset, len(beat)) and not sub.ending:
             return
         sample()
 

@@ -22,14 +22,13 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 from lsproxy import deflate
-from lsproxy.hub.segment import Segment, Slice
+from lsproxy.hub.segment import Block, Slice
 
 HEARTBEAT = b"\r\n"  # an empty record: Live Stream clients skip it
-_HEARTBEAT_BLOCK = deflate.deflate_block(HEARTBEAT)
-_HEARTBEAT_CRC = deflate.crc32(HEARTBEAT)
 
 
 class Encoder(Protocol):
@@ -50,14 +49,17 @@ class Encoder(Protocol):
 class IdentityEncoder:
     content_encoding: str | None = None
 
+    def __init__(self, heartbeat: bytes = HEARTBEAT) -> None:
+        self._heartbeat = heartbeat
+
     def start(self) -> bytes:
         return b""
 
     def encode(self, batch: Slice) -> list[bytes]:
-        return [p.data if isinstance(p, Segment) else p for p in batch.pieces]
+        return [p.data if isinstance(p, Block) else p for p in batch.pieces]
 
     def heartbeat(self) -> bytes:
-        return HEARTBEAT
+        return self._heartbeat
 
     def finish(self) -> bytes:
         return b""
@@ -67,11 +69,12 @@ class SharedGzipEncoder:
     """One consumer's gzip member, assembled from shared per-segment deflate blocks."""
 
     content_encoding: str | None = "gzip"
-    __slots__ = ("crc", "size")
+    __slots__ = ("_heartbeat", "crc", "size")
 
-    def __init__(self) -> None:
+    def __init__(self, heartbeat: bytes = HEARTBEAT) -> None:
         self.crc = 0
         self.size = 0
+        self._heartbeat = _heartbeat_block(heartbeat)
 
     def start(self) -> bytes:
         return deflate.GZIP_HEADER
@@ -80,7 +83,7 @@ class SharedGzipEncoder:
         blocks = []
         crc, size = self.crc, self.size
         for piece in batch.pieces:
-            if isinstance(piece, Segment):
+            if isinstance(piece, Block):
                 blocks.append(piece.deflated())
                 piece_crc, piece_len = piece.crc, len(piece.data)
             else:
@@ -92,16 +95,24 @@ class SharedGzipEncoder:
         return blocks
 
     def heartbeat(self) -> bytes:
-        self.crc = deflate.crc32_combine(self.crc, _HEARTBEAT_CRC, len(HEARTBEAT))
-        self.size += len(HEARTBEAT)
-        return _HEARTBEAT_BLOCK
+        block, crc, size = self._heartbeat
+        self.crc = deflate.crc32_combine(self.crc, crc, size)
+        self.size += size
+        return block
 
     def finish(self) -> bytes:
         return deflate.FINAL_BLOCK + deflate.gzip_trailer(self.crc, self.size)
 
 
-def make_encoder(gzip: bool) -> Encoder:
-    return SharedGzipEncoder() if gzip else IdentityEncoder()
+@functools.cache
+def _heartbeat_block(heartbeat: bytes) -> tuple[bytes, int, int]:
+    """A heartbeat's deflate block, CRC and length: made once per kind (CRLF, SSE comment)."""
+    return deflate.deflate_block(heartbeat), deflate.crc32(heartbeat), len(heartbeat)
+
+
+def make_encoder(gzip: bool, heartbeat: bytes = HEARTBEAT) -> Encoder:
+    """``heartbeat``: what keeps an idle response alive (an empty record; SSE: a comment)."""
+    return SharedGzipEncoder(heartbeat) if gzip else IdentityEncoder(heartbeat)
 
 
 def accepts_gzip(accept_encoding: str) -> bool:

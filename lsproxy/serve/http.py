@@ -22,6 +22,7 @@ import h11
 import trio
 
 from lsproxy import __version__
+from lsproxy.secret import redact
 from lsproxy.serve.routes import ErrorReply
 
 MAX_REQUEST_HEAD = 16 * 1024
@@ -52,6 +53,8 @@ class HttpConnection:
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         self._broken = False
+        # h11 refuses a body in the answer to HEAD: every response here leaves it out.
+        self._answering_head = False
 
     @property
     def can_send_head(self) -> bool:
@@ -69,7 +72,8 @@ class HttpConnection:
                 status = exc.error_status_hint
                 if status == 431:
                     return ErrorReply(431, "request_header_fields_too_large", "request head over 16 KiB")
-                return ErrorReply(status, "bad_request", f"malformed HTTP request: {exc}")
+                # h11 quotes the offending line, which may hold a consumer's credentials.
+                return ErrorReply(status, "bad_request", redact(f"malformed HTTP request: {exc}"))
             if event is h11.NEED_DATA:
                 with trio.move_on_at(deadline):
                     data = await self._receive()
@@ -79,6 +83,7 @@ class HttpConnection:
                     return None  # idle keep-alive connection: just close
                 return ErrorReply(408, "request_timeout", "request head not received in time")
             if isinstance(event, h11.Request):
+                self._answering_head = event.method == b"HEAD"
                 # h11 caps only an *incomplete* head; one that arrived whole is measured here.
                 size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
                 if size > MAX_REQUEST_HEAD:
@@ -87,6 +92,30 @@ class HttpConnection:
             if isinstance(event, h11.ConnectionClosed):
                 return None
             # Data/EndOfMessage of a request body: GET requests carry none; drain it.
+
+    async def read_body(self, limit: int, timeout: float) -> bytes | ErrorReply:
+        """The body of the request just read (admin API), at most ``limit`` bytes."""
+        body = b""
+        with trio.move_on_after(timeout if timeout > 0 else math.inf):
+            while True:
+                try:
+                    event = self.conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    return ErrorReply(exc.error_status_hint, "bad_request", f"malformed request body: {exc}")
+                if isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > limit:
+                        return ErrorReply(413, "payload_too_large", f"request body over {limit} bytes")
+                elif isinstance(event, h11.EndOfMessage):
+                    return body
+                elif event is h11.NEED_DATA:
+                    data = await self._receive()
+                    if not data:
+                        return ErrorReply(400, "bad_request", "the request body ended early")
+                    self.conn.receive_data(data)
+                else:
+                    return ErrorReply(400, "bad_request", "the request body ended early")
+        return ErrorReply(408, "request_timeout", "request body not received in time")
 
     async def _receive(self) -> bytes:
         try:
@@ -160,23 +189,23 @@ class HttpConnection:
         response = h11.Response(status_code=status, headers=all_headers, reason=reason)
         return self.conn.send(response) or b""
 
-    async def send_response(
-        self, status: int, headers: Headers, body: bytes, *, head_only: bool = False, timeout: float = 0
-    ) -> None:
-        """A complete response with Content-Length."""
+    async def send_response(self, status: int, headers: Headers, body: bytes, *, timeout: float = 0) -> None:
+        """A complete response with Content-Length; to a HEAD request, the same without the body."""
         data = self._head(status, [*headers, (b"content-length", str(len(body)).encode())])
-        if not head_only:
+        if not self._answering_head:
             data += self.conn.send(h11.Data(data=body)) or b""
         data += self.conn.send(h11.EndOfMessage()) or b""
         await self.send(data, timeout)
 
-    async def send_error(self, reply: ErrorReply, timeout: float = 0) -> None:
+    async def send_error(self, reply: ErrorReply, timeout: float = 0, headers: Headers = ()) -> None:
         """A JSON error, if the response has not started yet; then the connection ends."""
         if not self.can_send_head:
             return
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        all_headers = [(b"content-type", b"application/json"), (b"connection", b"close"), *headers]
+        if reply.allow:
+            all_headers.append((b"allow", reply.allow))
         with contextlib.suppress(ConnectionBroken, h11.LocalProtocolError):
-            await self.send_response(reply.status, headers, error_body(reply), timeout=timeout)
+            await self.send_response(reply.status, all_headers, error_body(reply), timeout=timeout)
 
     # A stream's body is framed here rather than by h11: h11 would copy every
     # batch once more, and a streaming response never shares its connection.
@@ -223,4 +252,8 @@ class HttpConnection:
             if not self._broken and isinstance(self.stream, trio.SocketStream):
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     await self.stream.send_eof()
+            elif not self._broken and isinstance(self.stream, trio.SSLStream):
+                # close_notify, so that TLS clients see a clean end, not a truncation.
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    await self.stream.aclose()
         await trio.aclose_forcefully(self.stream)

@@ -9,13 +9,14 @@ sequence number in its stream.
 
 from lsproxy.simulator.cli import add_arguments, run, settings_from_args
 from lsproxy.simulator.hits import seq_of
-from lsproxy.simulator.server import Simulator
+from lsproxy.simulator.server import Simulator, SimulatorBindError
 from lsproxy.simulator.settings import SimSettings, SimStream
 
 __all__ = [
     "SimSettings",
     "SimStream",
     "Simulator",
+    "SimulatorBindError",
     "add_arguments",
     "run",
     "seq_of",

@@ -73,7 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ENDPOINT[:RATE[:SUITE]]",
         help="a simulated stream, repeatable (default demo-stream:50)",
     )
-    parser.add_argument("--token", default=d.token, help="required bearer token")
+    parser.add_argument(
+        "--token", default=d.token, help=f"the bearer token stream requests must carry (default {d.token})"
+    )
     parser.add_argument("--api-key", default=d.api_key, help="required x-api-key (default: not checked)")
     parser.add_argument(
         "--linger",
@@ -91,7 +93,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redirect", action="store_true", help="answer /api/N/stream/E with a cross-origin 302 to a node URL"
     )
+    parser.add_argument(
+        "--echo-token",
+        action="store_true",
+        help="hostile: repeat the bearer token received in 401 bodies and redirect Locations",
+    )
     parser.add_argument("--seed", type=int, default=d.seed, help="hit content seed (default 1)")
+    parser.add_argument(
+        "--run-id",
+        type=int,
+        default=d.run_id,
+        metavar="N",
+        help="mixed into every hitIdHigh (default: random per start, so a restarted simulator "
+        "never repeats the hit ids of an earlier run, as Live Stream never does)",
+    )
     parser.add_argument(
         "--oauth-client-id",
         default=d.oauth_client_id,
@@ -128,7 +143,9 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         resume_window=args.resume_window,
         backfill=args.backfill,
         redirect=args.redirect,
+        echo_token=args.echo_token,
         seed=args.seed,
+        run_id=args.run_id,
         oauth_client_id=args.oauth_client_id,
         oauth_client_secret=args.oauth_client_secret,
         token_ttl=args.token_ttl,

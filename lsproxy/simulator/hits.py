@@ -1,7 +1,7 @@
 """Deterministic, cheap Live Stream hit records.
 
 Theory of operation: a hit is a pure function of ``(seq, epoch)`` for a given
-``HitFactory`` (seed, endpoint, report suite). ``seq`` is the 0-based global
+``HitFactory`` (seed, endpoint, report suite, run). ``seq`` is the 0-based global
 sequence number of the hit in its stream; ``epoch`` is the Unix second the
 simulator "received" it. Because of that, the simulator need not keep record
 bytes around: it keeps ``(first seq, count, epoch)`` batches and re-renders
@@ -14,8 +14,13 @@ events/products fragments and a constant tail. A 64-bit mix of ``seq`` picks
 the fragments, so no ``json.dumps`` runs per hit.
 
 Ids exceed 2^53 and are written as exact JSON integers: ``hitIdHigh`` is a
-constant per stream, ``hitIdLow = 2**60 + seq`` (so ``seq_of`` recovers the
-sequence number from the record text). Every ``EMPTY_EVERY``-th hit carries an
+constant per stream and run, ``hitIdLow = 2**60 + seq`` (so ``seq_of`` recovers
+the sequence number from the record text). ``run`` identifies one life of the
+simulator (random per start unless given): a restarted simulator numbers its
+hits from 0 again, and without it would re-emit the ids of its previous life,
+which a de-duplicating consumer rightly drops. Live Stream's ids are unique
+across everything; the rest of a hit depends on the seed only, so content stays
+reproducible across runs. Every ``EMPTY_EVERY``-th hit carries an
 extra bare CRLF after its line: the empty record Live Stream sometimes sends.
 """
 
@@ -97,10 +102,13 @@ def seq_of(record: bytes) -> int:
     return int(m.group(1)) - SEQ_BASE
 
 
-def hit_id_high(seed: int, endpoint: str) -> int:
-    """The constant ``hitIdHigh`` of a stream: 2^62 <= value < 2^63."""
-    digest = hashlib.sha256(f"{seed}:{endpoint}:hitIdHigh".encode()).digest()
-    return (int.from_bytes(digest[:8], "big") & (2**62 - 1)) | 2**62
+def hit_id_high(seed: int, endpoint: str, run: int = 0) -> int:
+    """The constant ``hitIdHigh`` of a stream in one run: 2^62 <= value < 2^63."""
+    return (_digest64(f"{seed}:{endpoint}:{run}:hitIdHigh") & (2**62 - 1)) | 2**62
+
+
+def _digest64(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
 def _mix(x: int) -> int:
@@ -208,12 +216,13 @@ def _pools(seed: int) -> tuple[list[bytes], list[int], list[bytes], list[bytes]]
 class HitFactory:
     """Renders the records of one stream; see the module docstring."""
 
-    def __init__(self, endpoint: str, report_suite: str = "simsuite", seed: int = 1) -> None:
+    def __init__(self, endpoint: str, report_suite: str = "simsuite", seed: int = 1, run: int = 0) -> None:
         self.endpoint = endpoint
         self.report_suite = report_suite
         self.seed = seed
-        self.hit_id_high = hit_id_high(seed, endpoint)
-        self._key = _mix(self.hit_id_high ^ seed)
+        self.run = run
+        self.hit_id_high = hit_id_high(seed, endpoint, run)
+        self._key = _mix(_digest64(f"{seed}:{endpoint}:content"))  # not the run's: same content
         self._head = _frag({"reportSuite": report_suite, "hitIdHigh": self.hit_id_high})
         self._head = b"{" + self._head[1:] + b',"hitIdLow":'
         pools = _pools(seed)

@@ -3,7 +3,8 @@
 The checks of a stream connection run in the documented order: unknown
 endpoint 404, non-GET 405, HTTP version 505, bearer token 401, api key 401,
 gzip 406, ``maxConnections`` 400, ``smoothingBucketSize`` 400 (and an
-unknown ``reset`` value 400). Everything after that (slots, failures
+unknown ``reset`` value 400). With ``echo_token`` (hostile mode) a 401's
+description ends with the bearer token received. Everything after that (slots, failures
 injected by tests, rate 0) depends on the stream's live state: see
 ``stream.StreamState.admit``.
 
@@ -16,11 +17,12 @@ the simulator's stats: missing_token, invalid_token, expired_token, api_key.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from lsproxy.simulator.settings import SimSettings
 
@@ -158,6 +160,8 @@ def check_stream_request(
         return refusal(505, f"HTTP/{req.http_version} not supported; use HTTP/1.1")
     denied = check_authorization(req.headers, settings.token, issued)
     if denied is not None:
+        if settings.echo_token and (token := bearer_token(req.headers)):
+            return dataclasses.replace(denied, description=f"{denied.description}: {token}")
         return denied
     api_key = settings.expected_api_key
     if api_key is not None and req.headers.get("x-api-key") != api_key:
@@ -188,10 +192,16 @@ def masked_headers(
     return out
 
 
-def redirect_location(req: Request, version: str, endpoint: str, port: int) -> str:
-    """A cross-origin node URL: reached as localhost -> 127.0.0.1, otherwise -> localhost."""
+def redirect_location(
+    req: Request, version: str, endpoint: str, port: int, *, echo_token: bool = False
+) -> str:
+    """A cross-origin node URL: reached as localhost -> 127.0.0.1, otherwise -> localhost.
+    ``echo_token``: the bearer token received goes into its query, as ``token``."""
     host = req.headers.get("host", "")
     hostname = host.rsplit(":", 1)[0] if not host.startswith("[") else host
     node_host = "127.0.0.1" if hostname.lower() == "localhost" else "localhost"
-    query = f"?{req.query_string}" if req.query_string else ""
+    query_string = req.query_string
+    if echo_token and (token := bearer_token(req.headers)):
+        query_string = "&".join(filter(None, (query_string, urlencode({"token": token}))))
+    query = f"?{query_string}" if query_string else ""
     return f"http://{node_host}:{port}/_sim/node/{version}/stream/{endpoint}{query}"

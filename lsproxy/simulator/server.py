@@ -18,7 +18,10 @@ the stream endpoint are counted by reason (``stats()["auth_failures"]``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import os
+import secrets
 import time
 import zlib
 from collections import Counter
@@ -49,10 +52,17 @@ CORRUPT_CHUNK = b"\x07\xff\xfe\xfd not deflate data \x00\x01\x02"
 WATCH_LIMIT = 1 << 20  # bytes a streaming client may send before we hang up
 
 
+class SimulatorBindError(Exception):
+    """The listen address cannot be bound; the message says which and why, in one line."""
+
+
 class Simulator:
     """A Live Stream look-alike over real sockets. Use ``await nursery.start(sim.serve)``."""
 
     def __init__(self, settings: SimSettings) -> None:
+        if settings.run_id is None:
+            # A restarted simulator numbers hits from 0 again: a new run keeps their ids new.
+            settings = dataclasses.replace(settings, run_id=secrets.randbits(32))
         self.settings = settings
         self.streams = {s.endpoint: StreamState(s, settings) for s in settings.streams}
         self.ims = ImsState(settings)
@@ -63,8 +73,14 @@ class Simulator:
 
     # --- lifecycle ----------------------------------------------------------
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Bind, then ``task_status.started((host, port))``; serve until cancelled."""
-        listeners = await trio.open_tcp_listeners(self.settings.port, host=self.settings.host)
+        """Bind, then ``task_status.started((host, port))``; serve until cancelled.
+        Raises SimulatorBindError when the address cannot be bound."""
+        try:
+            listeners = await trio.open_tcp_listeners(self.settings.port, host=self.settings.host)
+        except OSError as exc:
+            host = self.settings.host
+            where = f"[{host}]:{self.settings.port}" if ":" in host else f"{host}:{self.settings.port}"
+            raise SimulatorBindError(f"simulator cannot serve on {where}: {exc.strerror or exc}") from None
         port = listeners[0].socket.getsockname()[1]
         self.address = (self.settings.host, port)
         self._wall0, self._t0 = time.time(), trio.current_time()
@@ -136,6 +152,8 @@ class Simulator:
         except RuntimeError:
             now = None
         return {
+            "pid": os.getpid(),  # lets a script check that the simulator answering is its own
+            "run_id": self.settings.run_id,
             "streams": {name: s.stats(now) for name, s in self.streams.items()},
             "ims": self.ims.stats(now),
             "auth_failures": dict(sorted(self.auth_failures.items())),
@@ -170,7 +188,9 @@ class Simulator:
                 return True
             if self.settings.redirect and not node and req.method == "GET":
                 assert self.address is not None
-                location = redirect_location(req, version, endpoint, self.address[1])
+                location = redirect_location(
+                    req, version, endpoint, self.address[1], echo_token=self.settings.echo_token
+                )
                 stream.redirects += 1
                 stream.statuses[302] += 1
                 await http.send_response(302, b"", [("location", location)])

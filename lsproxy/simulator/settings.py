@@ -32,9 +32,12 @@ class SimSettings:
     resume_window: float = 300.0  # reconnect within this resumes where the stream left off
     backfill: int = 0  # on resume, re-send this many already-sent hits
     redirect: bool = False  # /api/N/stream/<endpoint> answers 302 to a node URL
+    # Hostile, as some servers are: 401 bodies and redirect Locations repeat the bearer token.
+    echo_token: bool = False
     retain: int = 200_000  # hits kept per stream for resume / reset=smallest
     batch_interval: float = 0.01  # seconds between generated batches
     seed: int = 1  # deterministic hit content
+    run_id: int | None = None  # mixed into hitIdHigh; None = random per Simulator (ids unique across runs)
     # OAuth (IMS) look-alike at POST /ims/token/v3, off unless both are set (see ``ims``).
     oauth_client_id: str | None = None
     oauth_client_secret: str | None = None

@@ -60,7 +60,8 @@ class StreamState:
     def __init__(self, spec: SimStream, settings: SimSettings) -> None:
         self.endpoint = spec.endpoint
         self.settings = settings
-        self.buffer = HitBuffer(HitFactory(spec.endpoint, spec.report_suite, settings.seed), settings.retain)
+        factory = HitFactory(spec.endpoint, spec.report_suite, settings.seed, settings.run_id or 0)
+        self.buffer = HitBuffer(factory, settings.retain)
         self.set_rate(spec.rate)
         self.open: list[Conn] = []
         self.lingering: list[float] = []  # expiry times

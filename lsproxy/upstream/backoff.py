@@ -24,6 +24,13 @@ the moment the connection was lost or refused, and
   wait is never below the floor, so attempts are always at least ``base``
   seconds after the previous loss.
 
+The 60-second rule itself is the *floor*: ``reconnect_delay`` after the last
+loss, raised by ``hold_until`` for losses the policy did not see. The growth
+above it (doubling, the ceiling after a configuration error) is caution, which
+an operator may cut short: ``expedite(now)`` moves the next attempt to ``now``
+if, and only if, the floor allows an attempt at ``now`` (the admin API's
+reconnect). Nothing moves an attempt before the floor.
+
 Time is a float passed in by the caller (``trio.current_time()`` in the
 app, anything in tests); the policy reads no clock and does no I/O.
 """
@@ -73,6 +80,7 @@ class ReconnectPolicy:
         self._jitter = float(jitter)
         self._rng = rng
         self._next_at = -math.inf
+        self._floor = -math.inf  # the rule itself: no attempt before this, whatever asks
         self._failures = 0
         self._last_delay = 0.0
         self._attempt_at: float | None = None  # set while an attempt is in progress
@@ -100,6 +108,19 @@ class ReconnectPolicy:
         """No attempt before ``at``: a loss the policy did not see (a connection closed
         for a config reload, or lost before a proxy restart) still counts."""
         self._next_at = max(self._next_at, at)
+        self._floor = max(self._floor, at)
+
+    def earliest_allowed(self) -> float:
+        """The 60-second rule's floor: ``base`` after the last loss, or a ``hold_until``."""
+        return self._floor
+
+    def expedite(self, now: float) -> bool:
+        """An operator asks for an attempt at ``now``: granted (True) unless an attempt is
+        in progress or the floor forbids one; the back-off growth is kept for later failures."""
+        if self._attempt_at is not None or now < self._floor:
+            return False
+        self._next_at = min(self._next_at, now)
+        return True
 
     def on_attempt(self, now: float) -> None:
         """An attempt starts. Starting early or twice is a caller bug."""
@@ -133,4 +154,5 @@ class ReconnectPolicy:
         self._last_delay = delay
         extra = self._rng.uniform(0.0, self._jitter * delay) if self._jitter else 0.0
         self._next_at = now + delay + max(0.0, extra)
+        self._floor = max(self._floor, now + self._base)
         return self._next_at

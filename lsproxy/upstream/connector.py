@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Protocol
 
@@ -38,6 +39,19 @@ KEEPALIVE_OPTIONS = [
 ]
 
 
+_tls: ssl.SSLContext | None = None
+
+
+async def _tls_context() -> ssl.SSLContext:
+    """httpx's default certificate verification, set up once and in a worker thread:
+    loading the CA bundle takes 20-70 ms, too long for the event loop and to repeat at
+    every connection attempt. (A CA bundle changed on disk is used after a restart.)"""
+    global _tls
+    if _tls is None:
+        _tls = await trio.to_thread.run_sync(httpx.create_ssl_context)
+    return _tls
+
+
 async def _read_limited(response: httpx.Response, limit: int = ERROR_BODY_LIMIT) -> bytes:
     body = b""
     async for chunk in response.aiter_bytes():
@@ -50,10 +64,19 @@ async def _read_limited(response: httpx.Response, limit: int = ERROR_BODY_LIMIT)
 async def _stream_records(response: httpx.Response, hub: StreamHub, connection: int) -> None:
     """Feed the raw (still gzip) body through the framer into the hub until EOF."""
     framer = RecordFramer()
+    status = hub.upstreams[connection]
     async for chunk in response.aiter_raw():
+        status.bytes_received += len(chunk)
         records = framer.feed(chunk)
-        if records:
-            hub.append(records, connection)
+        while True:
+            if records:
+                hub.append(records, connection)
+            if not framer.pending:
+                break
+            # A few KB of gzip can inflate to gigabytes: the framer works in bounded
+            # steps, and everything else (/healthz, consumers) runs between them.
+            await trio.lowlevel.checkpoint()
+            records = framer.feed(b"")
     records = framer.feed_eof()
     if records:
         hub.append(records, connection)
@@ -113,7 +136,7 @@ async def stream_once(
     )
     streamed = False
     try:
-        transport = httpx.AsyncHTTPTransport(socket_options=KEEPALIVE_OPTIONS)
+        transport = httpx.AsyncHTTPTransport(verify=await _tls_context(), socket_options=KEEPALIVE_OPTIONS)
         async with httpx.AsyncClient(
             transport=transport, timeout=timeout, trust_env=False, follow_redirects=False
         ) as client:

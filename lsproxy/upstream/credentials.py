@@ -40,8 +40,8 @@ Secrets
     Tokens and client secrets travel as ``Secret`` (masked ``repr``/``str``)
     and appear in no log line, status field or exception. ``CredentialsError``
     messages name the credential set, the URL (without query), the HTTP
-    status and IMS's ``error`` / ``error_description`` (truncated, with any
-    occurrence of the secret masked), or the exception *type* of a network
+    status and IMS's ``error`` / ``error_description`` (truncated, with every
+    secret masked: ``lsproxy.secret.redact``), or the exception *type* of a network
     error. Exceptions are raised outside ``except`` blocks so they carry no
     ``__context__``/``__cause__`` (an httpx exception references the request,
     whose body holds the secret).

@@ -8,6 +8,7 @@ module is the OAuth one: fetches, the refresh loop driven by the pure
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -19,13 +20,14 @@ import httpx
 import trio
 
 from lsproxy.errors import CredentialsError
-from lsproxy.secret import Secret
+from lsproxy.secret import Secret, redact
 from lsproxy.upstream.token_policy import DEFAULT_EXPIRES_IN, RefreshSchedule
 
 log = logging.getLogger("lsproxy.credentials")
 
 DEFAULT_TOKEN_URL = "https://ims-na1.adobelogin.com/ims/token/v3"
 FETCH_TIMEOUT = 10.0
+TOKEN_BODY_LIMIT = 64 * 1024  # far above any token response; bounds what is read and parsed
 GRANT_TYPE = "client_credentials"
 _DETAIL_LIMIT = 200
 
@@ -215,9 +217,15 @@ class OAuthTokenProvider:
                     problem,
                     remaining,
                     retry_in,
+                    extra={"credentials": self.name, "wait": round(retry_in, 3)},
                 )
             else:
-                log.warning("%s; retrying in %.1f s", problem, retry_in)
+                log.warning(
+                    "%s; retrying in %.1f s",
+                    problem,
+                    retry_in,
+                    extra={"credentials": self.name, "wait": round(retry_in, 3)},
+                )
             self._wake()
             raise problem.with_traceback(None)
         self._schedule.on_success(now, issued_at=started, expires_in=expires_in)
@@ -230,10 +238,10 @@ class OAuthTokenProvider:
         self._wake()
         return token
 
-    async def _client_secret(self) -> str:
+    async def _client_secret(self) -> Secret:
         o = self._oauth
         if o.client_secret is not None:
-            return o.client_secret.reveal()
+            return o.client_secret
         path = o.client_secret_file
         assert path is not None
         problem: str
@@ -245,7 +253,7 @@ class OAuthTokenProvider:
             problem = f"client_secret_file {path} is not UTF-8 text"
         else:
             if value:
-                return value
+                return Secret(value)  # redacted from IMS's answer while this exists
             problem = f"client_secret_file {path} is empty"
         raise CredentialsError(f"credentials {self.name}: {problem}")
 
@@ -256,46 +264,47 @@ class OAuthTokenProvider:
         form = {
             "grant_type": GRANT_TYPE,
             "client_id": o.client_id,
-            "client_secret": secret,
+            "client_secret": secret.reveal(),
             "scope": ",".join(o.scopes),
         }
         headers = {"Accept": "application/json"}
         failed: str | None = None
-        response: httpx.Response | None = None
+        answer: tuple[int, bytes] | None = None
         try:
             with trio.fail_after(FETCH_TIMEOUT):
                 if self._http is not None:
-                    response = await self._http.post(
-                        o.token_url, data=form, headers=headers, timeout=FETCH_TIMEOUT
-                    )
+                    answer = await _post(self._http, o.token_url, form, headers)
                 else:
                     async with httpx.AsyncClient(
                         trust_env=False, timeout=FETCH_TIMEOUT, follow_redirects=False
                     ) as client:
-                        response = await client.post(o.token_url, data=form, headers=headers)
+                        answer = await _post(client, o.token_url, form, headers)
         except (trio.TooSlowError, httpx.TimeoutException):
             failed = f"timed out after {FETCH_TIMEOUT:g} s"
         except (httpx.HTTPError, OSError) as exc:
             failed = f"network error ({type(exc).__name__})"
         del form
-        if failed is not None or response is None:
+        if failed is not None or answer is None:
             raise CredentialsError(
                 f"credentials {self.name}: token request to {self._url_shown} failed: {failed}"
             )
-        return self._parse(response, secret)
+        return self._parse(*answer)  # ``secret`` is alive, so redacted, while it is parsed
 
-    def _parse(self, response: httpx.Response, secret: str) -> tuple[Secret, float]:
-        status = response.status_code
+    def _parse(self, status: int, raw: bytes) -> tuple[Secret, float]:
+        prefix = f"credentials {self.name}: token request to {self._url_shown}"
+        if len(raw) > TOKEN_BODY_LIMIT:
+            raise CredentialsError(
+                f"{prefix}: HTTP {status} with a body over {TOKEN_BODY_LIMIT // 1024} KiB, not a token response"
+            )
         payload: object = None
         try:
-            payload = response.json()
+            payload = json.loads(raw)
         except ValueError:
             payload = None
         body = payload if isinstance(payload, Mapping) else {}
-        prefix = f"credentials {self.name}: token request to {self._url_shown}"
         if status != 200:
-            error = _clean(body.get("error"), secret)
-            desc = _clean(body.get("error_description"), secret)
+            error = _clean(body.get("error"))
+            desc = _clean(body.get("error_description"))
             detail = f"HTTP {status}"
             if error:
                 detail += f" {error}"
@@ -321,6 +330,20 @@ class OAuthTokenProvider:
 # --------------------------------------------------------------------------- #
 
 
+async def _post(
+    client: httpx.AsyncClient, url: str, form: dict[str, str], headers: dict[str, str]
+) -> tuple[int, bytes]:
+    """POST ``form``: the status and the body, of which at most TOKEN_BODY_LIMIT + 1 bytes
+    are read (a token response is a few hundred bytes; a larger one is never parsed)."""
+    async with client.stream("POST", url, data=form, headers=headers, timeout=FETCH_TIMEOUT) as response:
+        body = b""
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > TOKEN_BODY_LIMIT:
+                break
+        return response.status_code, body[: TOKEN_BODY_LIMIT + 1]
+
+
 def _copy(exc: CredentialsError) -> CredentialsError:
     """A fresh exception like ``exc`` (each waiter raises its own, with its own traceback)."""
     if isinstance(exc, TokenRequestError):
@@ -343,13 +366,11 @@ def _expires_in(value: object) -> float | None:
     return seconds if 0 < seconds < math.inf else None
 
 
-def _clean(value: object, secret: str) -> str | None:
-    """An IMS error field fit for a log line: a string, one line, bounded, secret masked."""
+def _clean(value: object) -> str | None:
+    """An IMS error field fit for a log line: a string, one line, bounded, secrets masked."""
     if not isinstance(value, str):
         return None
-    if secret:
-        value = value.replace(secret, "***")
-    text = " ".join(value.split())
+    text = redact(" ".join(redact(value).split()))
     if len(text) > _DETAIL_LIMIT:
         text = text[: _DETAIL_LIMIT - 3] + "..."
     return text or None

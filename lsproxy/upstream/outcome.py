@@ -8,9 +8,11 @@ refusals, ``CONFIG`` for what only a human can fix), a short machine label
 for metrics and ``/status``, and one operator sentence naming the stream.
 
 Adobe's bodies are untrusted text: the ``error_description`` is parsed
-tolerantly, stripped of control characters, truncated, and anything that
-looks like a bearer token is masked before it reaches a message or a log.
-No function here raises on odd upstream data.
+tolerantly, stripped of control characters, truncated, and every secret the
+proxy holds (``lsproxy.secret.redact``) and anything that looks like a bearer
+token is masked before it reaches a message or a log. The same cleaning
+applies to the free text of a network-level ending (exception messages,
+redirect targets). No function here raises on odd upstream data.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import json
 import re
 from dataclasses import dataclass
 
+from lsproxy.secret import redact
 from lsproxy.upstream.backoff import Failure
 
 __all__ = [
     "END_ERRORS",
     "Outcome",
+    "attempt_kind",
     "classify_end",
     "classify_status",
     "parse_error_description",
@@ -128,6 +132,7 @@ _ENDS: dict[str, str] = {
     "framing": "the response body was not valid gzip-compressed records",
     "redirect": "cannot follow the upstream redirect",
     "credentials": "no usable access token (the token source failed)",
+    "operator": "closed on an operator's request (admin API reconnect)",
 }
 END_ERRORS = frozenset(_ENDS)
 
@@ -170,6 +175,17 @@ def classify_end(error: str, detail: str, *, stream: str, streamed: bool) -> Out
     return Outcome(failure, None, error, f"stream {stream!r}: {what}; {advice}.", None)
 
 
+def attempt_kind(outcome: Outcome) -> str:
+    """How an attempt ended, as a bounded label for metrics: ``2xx`` (it streamed, then
+    ended), the status for the codes Live Stream documents (``401``, ``409``, ``503``...),
+    ``4xx``/``5xx`` for other codes, else the network-level end (``network``, ``timeout``...)."""
+    if outcome.failure is Failure.LOST:
+        return "2xx"
+    if outcome.status is not None:
+        return str(outcome.status) if outcome.status in _STATUS else f"{outcome.status // 100}xx"
+    return outcome.error
+
+
 def parse_error_description(body: bytes) -> str | None:
     """Adobe's ``error_description`` (or ``error``/``message``), else the first line of text.
 
@@ -201,12 +217,13 @@ def parse_error_description(body: bytes) -> str | None:
 
 
 def _clean(text: str) -> str:
-    """One line, no control characters, no token-like strings, bounded length."""
+    """One line, no control characters, no secret or token-like strings, bounded length."""
+    text = redact(text)  # before anything changes it: a secret may contain any character
     text = _CONTROL.sub(" ", text)
     text = _BEARER.sub("Bearer ***", text)
     text = _JWT.sub("***", text)
     text = _TOKENISH.sub("***", text)
-    text = " ".join(text.split())
+    text = redact(" ".join(text.split()))  # whitespace joined: and before a cut leaves half of one
     if len(text) > MAX_DESCRIPTION:
         text = text[: MAX_DESCRIPTION - 1].rstrip() + "…"
     return text

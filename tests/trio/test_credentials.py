@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -416,6 +416,52 @@ async def test_bad_answers_give_safe_errors(status, body, raw, needle, caplog) -
     assert_safe(caplog.text + json.dumps(provider.status()))
     if status != 200:
         assert isinstance(info.value, TokenRequestError) and info.value.status == status
+
+
+async def test_ims_errors_mask_the_current_token_and_a_file_secret_however_short(
+    autojump_clock, tmp_path: Path
+) -> None:
+    secret_file = tmp_path / "client_secret"
+    secret_file.write_text("Qf5s\n")
+    calls = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return httpx.Response(200, json={"access_token": "tk9", "expires_in": 100})
+        description = "token tk9 (issued to Qf5s) was revoked; see /tk9?c=Qf5s"
+        return httpx.Response(400, json={"error": "invalid_grant tk9", "error_description": description})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler), trust_env=False)
+    provider = make_provider(
+        oauth_creds("http://ims.test", secret=None, secret_file=str(secret_file)), http=client
+    )
+    first = await provider.get()
+    assert first.reveal() == "tk9"
+    provider.invalidate(first)
+    with pytest.raises(TokenRequestError) as info:
+        await provider.get()
+    shown = str(info.value) + json.dumps(provider.status())
+    assert "see /***?c=***" in shown
+    assert_safe(shown, "tk9", "Qf5s")
+
+
+async def test_a_huge_token_response_is_neither_read_whole_nor_parsed() -> None:
+    produced = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal produced
+        for _ in range(800):  # 50 MB of JSON-looking bytes
+            produced += 1
+            yield b'{"access_token":"' + b"t" * 65_536
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body())
+
+    with pytest.raises(CredentialsError, match="body over 64 KiB, not a token response"):
+        await mock_provider(handler).get()
+    assert produced <= 3
 
 
 async def test_fetch_timeout(autojump_clock) -> None:

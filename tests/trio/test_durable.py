@@ -193,17 +193,34 @@ async def test_cursors_and_meta_persist_with_commits(tmp_path: Path) -> None:
     await log.aclose()
 
 
-async def test_forgotten_cursors_are_deleted_unless_they_came_back(tmp_path: Path) -> None:
+async def test_a_cursor_missing_from_the_snapshot_is_deleted_from_the_store(tmp_path: Path) -> None:
+    """An operator deleted it (admin API), or consumer_ttl forgot it; the name may come back."""
     log = await open_log(tmp_path)
-    log.save_cursors({"a": (1, 0, 10.0), "b": (2, 0, 10.0), "c": (3, 0, 10.0)})
+    log.save_cursors({"kept": (1, 0, 10.0), "team/deleted": (2, 0, 10.0)})
     await log.commit_now()
-    log.forget_cursors(["a", "b"])  # consumer_ttl: the book forgot them...
-    log.save_cursors({"b": (7, 0, 20.0), "c": (3, 0, 10.0)})  # ...and "b" connected again since
+    log.save_cursors({"kept": (3, 0, 20.0)})
     await log.commit_now()
-    assert log.load_cursors() == {"b": (7, 0, 20.0), "c": (3, 0, 10.0)}
+    assert log.load_cursors() == {"kept": (3, 0, 20.0)}
     await log.aclose()
     log = await open_log(tmp_path)
-    assert log.load_cursors() == {"b": (7, 0, 20.0), "c": (3, 0, 10.0)}
+    assert log.load_cursors() == {"kept": (3, 0, 20.0)}
+    log.save_cursors({"kept": (3, 0, 20.0), "team/deleted": (9, 0, 30.0)})
+    await log.commit_now()
+    await log.aclose()
+    log = await open_log(tmp_path)
+    assert log.load_cursors() == {"kept": (3, 0, 20.0), "team/deleted": (9, 0, 30.0)}
+    await log.aclose()
+
+
+async def test_a_cursor_missing_from_the_snapshot_is_deleted(tmp_path: Path) -> None:
+    log = await open_log(tmp_path)
+    log.save_cursors({"g#0/3": (10, 0, 1.0), "g#1/3": (11, 0, 1.0), "keep": (5, 0, 1.0)})
+    await log.commit_now()
+    log.save_cursors({"g#0/2": (10, 0, 2.0), "g#1/2": (10, 0, 2.0), "keep": (5, 0, 1.0)})  # the group's size changed
+    await log.commit_now()
+    await log.aclose()
+    log = await open_log(tmp_path)
+    assert log.load_cursors() == {"g#0/2": (10, 0, 2.0), "g#1/2": (10, 0, 2.0), "keep": (5, 0, 1.0)}
     await log.aclose()
 
 

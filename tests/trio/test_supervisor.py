@@ -145,3 +145,87 @@ async def test_cancellation_stops_the_loop_and_marks_the_stream_stopped(autojump
     assert await run_for(10, stream_config(), up, hub) == "streaming"
     assert len(up.starts) == 1 and len(up.ends) == 1
     assert hub.upstream.state == "stopped"
+
+
+async def test_an_operator_reconnect_waits_for_the_rule_then_attempts_at_once(autojump_clock) -> None:  # type: ignore[no-untyped-def]
+    from lsproxy.upstream.supervisor import SupervisorControl
+
+    async def not_found(n, on_connected):  # type: ignore[no-untyped-def]
+        await trio.sleep(1)
+        return classify_status(404, b"", stream="s")  # a config error: the next try waits the ceiling
+
+    up, hub, control = Upstream(not_found), StreamHub("s", MemoryLog(1 << 20)), SupervisorControl()
+    assert control.reconnect().result == "refused"  # not running yet
+    stream = stream_config()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: supervise("s", stream.upstream, hub.upstream, up.attempt, rng=random.Random(0), control=control)
+        )
+        await trio.sleep(30)  # the first attempt failed at 1 s; the ceiling says 901 s
+        answer = control.reconnect()
+        assert (answer.result, answer.next_attempt_in) == ("refused", 31.0)  # the rule: 61 s
+        assert "31.0 s" in answer.reason
+        assert len(up.starts) == 1
+        await trio.sleep(31)
+        answer = control.reconnect()
+        assert answer.result == "scheduled"
+        await trio.sleep(0.5)
+        assert up.starts == [0, 61]  # at once, not at 901
+        assert control.reconnect().result == "refused"  # connecting: an attempt is in progress
+        await trio.sleep(10)
+        assert hub.upstream.state == "failed" and len(up.starts) == 2
+        nursery.cancel_scope.cancel()
+    assert control.reconnect().result == "refused"  # stopped
+
+
+async def test_an_operator_reconnect_of_a_streaming_connection_closes_it_and_waits_the_delay(autojump_clock) -> None:  # type: ignore[no-untyped-def]
+    from lsproxy.upstream.supervisor import SupervisorControl
+
+    async def stream_forever(n, on_connected):  # type: ignore[no-untyped-def]
+        on_connected()
+        await trio.sleep_forever()
+
+    up, hub, control = Upstream(stream_forever), StreamHub("s", MemoryLog(1 << 20)), SupervisorControl()
+    stream = stream_config()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: supervise("s", stream.upstream, hub.upstream, up.attempt, rng=random.Random(0), control=control)
+        )
+        await trio.sleep(100)
+        assert hub.upstream.state == "streaming"
+        assert control.reconnect().result == "closing"
+        await trio.sleep(0.001)
+        assert up.ends == [100] and hub.upstream.state == "backoff"
+        assert hub.upstream.last_error["error"] == "operator"
+        answer = control.reconnect()  # at once again: the rule says no
+        assert answer.result == "refused" and answer.next_attempt_in == 59.999
+        await trio.sleep(100)
+        assert len(up.starts) == 2 and 160 <= up.starts[1] <= 166  # base (+ jitter) after the close
+        nursery.cancel_scope.cancel()
+
+
+async def test_each_end_is_one_log_line_with_its_reason_and_the_next_attempt(autojump_clock, caplog) -> None:  # type: ignore[no-untyped-def]
+    async def refuse(n, on_connected):  # type: ignore[no-untyped-def]
+        if n == 3:
+            on_connected()
+            await trio.sleep(TEN_MINUTES)
+            return classify_end("eof", "closed", stream="s", streamed=True)
+        return classify_status(409, b"", stream="s")
+
+    up = Upstream(refuse)
+    hub = StreamHub("s", MemoryLog(1 << 20))
+    caplog.set_level("INFO", logger="lsproxy.upstream")
+    await run_for(1000, stream_config(), up, hub)
+    ends = [r for r in caplog.records if getattr(r, "reason", None)]
+    kinds = [("2xx", "eof") if n == 3 else ("409", "too_many_connections") for n in range(1, len(ends) + 1)]
+    assert len(ends) >= 4 and [(r.status, r.reason) for r in ends] == kinds
+    gaps = [start - end for start, end in zip(up.starts[1:], up.ends, strict=False)]
+    for record, gap in zip(ends, gaps, strict=False):
+        # the wait announced is the wait kept (the mock clock jumps exactly to it)
+        assert record.wait == pytest.approx(gap, abs=0.01) and record.stream == "s" and record.connection == 1
+        assert f"Next attempt in {gap:.1f} s at " in record.getMessage()
+    attempts = [r for r in caplog.records if r.getMessage().startswith("stream s: upstream attempt")]
+    assert len(attempts) == len(up.starts)
+    assert not [r for r in caplog.records if "next upstream attempt in" in r.getMessage()]  # no separate wait line
+    assert hub.upstream.outcomes == {"409": len(ends) - 1, "2xx": 1}
+    assert [e["status"] for e in hub.upstream.recent_errors] == [None if s == "2xx" else 409 for s, _ in kinds]

@@ -276,3 +276,52 @@ def test_hold_until_only_ever_delays() -> None:
     assert policy.on_ended(40.0, Failure.REFUSED) == 100.0
     policy.hold_until(50.0)
     assert policy.next_attempt_at() == 100.0
+
+
+def test_expedite_cuts_the_grown_wait_short_but_never_the_floor() -> None:
+    p = policy()
+    for _ in range(4):
+        fail_once(p)  # waits 60, 120, 240, 480
+    lost_at = p.next_attempt_at() - 480.0
+    assert p.earliest_allowed() == lost_at + BASE
+    assert not p.expedite(lost_at + BASE - 0.001)  # the 60 s rule
+    assert p.next_attempt_at() == lost_at + 480.0  # a refused request changes nothing
+    assert p.expedite(lost_at + BASE)
+    assert p.next_attempt_at() == lost_at + BASE
+    p.on_attempt(lost_at + BASE)
+    assert not p.expedite(lost_at + BASE + 1)  # an attempt is in progress
+    assert p.on_ended(lost_at + BASE + 2, Failure.REFUSED) - (lost_at + BASE + 2) == 900.0  # growth kept
+    assert p.earliest_allowed() == lost_at + BASE + 2 + BASE
+
+
+def test_expedite_after_a_config_error_and_before_any_failure() -> None:
+    p = policy()
+    assert p.expedite(5.0) and p.next_attempt_at() == -math.inf  # nothing to wait for anyway
+    fail_once(p, Failure.CONFIG)  # attempt at 0, ends at 1, waits the ceiling
+    assert p.next_attempt_at() == 901.0
+    assert not p.expedite(60.9) and p.expedite(61.0)
+    assert p.next_attempt_at() == 61.0
+
+
+def test_expedite_respects_hold_until() -> None:
+    p = policy()
+    p.hold_until(100.0)  # a loss the policy did not see (a restart, a reload)
+    assert p.earliest_allowed() == 100.0
+    assert not p.expedite(99.0) and p.expedite(100.0)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_property_expedite_at_any_moment_keeps_attempts_base_apart_from_losses(seed: int) -> None:
+    rng = random.Random(seed)
+    p = policy(jitter=0.1, seed=seed)
+    now, last_loss = 0.0, -math.inf
+    for _ in range(200):
+        now += rng.uniform(0, 200)
+        p.expedite(now)
+        if now < p.next_attempt_at():
+            continue
+        assert now - last_loss >= BASE
+        p.on_attempt(now)
+        now += rng.uniform(0, 100)
+        p.on_ended(now, rng.choice(list(Failure)))
+        last_loss = now

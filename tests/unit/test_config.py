@@ -291,7 +291,7 @@ def test_single_credential_set_is_implicit_and_named_set_is_used() -> None:
     ],
 )
 def test_listen_forms(listen: str, host: str, port: int) -> None:
-    server = parse(f'[server]\nlisten = "{listen}"\n' + MINIMAL).server
+    server = parse(f'[server]\nlisten = "{listen}"\nallow_unauthenticated = true\n' + MINIMAL).server
     assert (server.host, server.port) == (host, port)
 
 
@@ -1088,7 +1088,7 @@ def test_load_uses_path_in_messages_and_config(tmp_path: Path) -> None:
         # every stream overrides it: the [upstream] value is never used
         ("[upstream]\nreconnect_delay = 5\n" + MINIMAL + "reconnect_delay = 60\n", []),
         (
-            '[server]\nlisten = "0.0.0.0:8080"\n' + MINIMAL,
+            '[server]\nlisten = "0.0.0.0:8080"\nallow_unauthenticated = true\n' + MINIMAL,
             [
                 "server.listen: listening on 0.0.0.0: consumers are not authenticated, anyone who "
                 "can reach this address can read the stream"
@@ -1182,11 +1182,9 @@ def test_storage_dir_may_exist_as_a_directory_and_must_not_be_a_file(tmp_path: P
     with pytest.raises(ConfigError) as info:
         parse_config(text, path=FILE, environ={}, base_dir=str(tmp_path))
     assert str(info.value) == f"{FILE}: storage.dir: {tmp_path / 'afile'} exists but is not a directory"
-    # not durable: the directory is never used
-    cfg = parse_config(
-        '[storage]\ndir = "afile"\ndurable = false\n' + MINIMAL, environ={}, base_dir=str(tmp_path)
-    )
-    assert cfg.storage.durable is False
+    # not durable: the directory still holds the upstream journal (and the lock)
+    with pytest.raises(ConfigError):
+        parse_config('[storage]\ndir = "afile"\ndurable = false\n' + MINIMAL, environ={}, base_dir=str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -2177,7 +2175,7 @@ def test_example_config_without_env_fails_clearly() -> None:
     )
 
 
-_COMMENTED = re.compile(r"^# ?(?P<code>\[[A-Za-z0-9_.\"-]+\].*|[a-z_]+ = .*)$")
+_COMMENTED = re.compile(r"^# ?(?P<code>\[[A-Za-z0-9_.\"-]+\].*|[a-z_][a-z0-9_]* = .*)$")
 
 
 @pytest.mark.parametrize("name", ["demo.toml", "example.toml"])
@@ -2190,7 +2188,231 @@ def test_commented_out_settings_in_example_files_are_valid(tmp_path: Path, name:
     path = tmp_path / name
     path.write_text("\n".join(uncommented) + "\n")
     path.chmod(0o600)
+    if "tls_cert" in path.read_text():  # the files it names, made for the test
+        import trustme
+
+        issued = trustme.CA().issue_cert("proxy.example")
+        issued.cert_chain_pems[0].write_to_path(str(tmp_path / "proxy.pem"))
+        issued.private_key_pem.write_to_path(str(tmp_path / "proxy.key"))
+        (tmp_path / "proxy.key").chmod(0o600)
     cfg = load_config(path, environ=EXAMPLE_ENV)
     assert cfg.streams
     for w in cfg.warnings:  # only the spare credential set of the example may be unused
         assert w.endswith(": credentials.bearer: not used by any stream"), w
+
+
+# --------------------------------------------------------------------------- #
+# [consumers.<name>], TLS, and the exposed-listener rule
+# --------------------------------------------------------------------------- #
+
+CONSUMER_TOKEN = "consumer-token-for-tests-0123"
+CONSUMER_SHA = "b" * 64
+
+
+def test_consumer_tables() -> None:
+    import hashlib
+
+    text = (
+        MINIMAL
+        + '[streams.two]\nurl = "https://h.example/s/two-ep"\nreport_suite = "suite2"\n'
+        + f'[consumers.team-a]\ntoken_sha256 = "{CONSUMER_SHA.upper()}"\nstreams = ["prod", "suite2"]\n'
+        + '[consumers.ops]\ntoken_env = "OPS_TOKEN"\nadmin = true\n'
+    )
+    cfg = parse(text, {**ENV, "OPS_TOKEN": CONSUMER_TOKEN})
+    team, ops = cfg.consumers
+    assert (team.name, team.streams, team.admin, team.source) == (
+        "team-a", frozenset({"prod", "two"}), False, "token_sha256",
+    )  # fmt: skip
+    assert team.token_sha256 == bytes.fromhex(CONSUMER_SHA) and team.may_read("two") and not team.may_read("x")
+    assert ops.token_sha256 == hashlib.sha256(CONSUMER_TOKEN.encode()).digest()
+    assert (ops.streams, ops.admin, ops.source) == (None, True, "env OPS_TOKEN")
+    assert CONSUMER_TOKEN not in repr(cfg) and CONSUMER_SHA not in repr(cfg)
+    assert parse(MINIMAL).consumers == ()
+
+
+def test_consumer_token_file_is_hashed_and_checked(tmp_path: Path) -> None:
+    import hashlib
+
+    token_file = tmp_path / "t"
+    token_file.write_text(CONSUMER_TOKEN + "\n")
+    token_file.chmod(0o600)
+    cfg = parse(MINIMAL + f'[consumers.c]\ntoken_file = "{token_file}"\n')
+    assert cfg.consumers[0].token_sha256 == hashlib.sha256(CONSUMER_TOKEN.encode()).digest()
+    assert cfg.consumers[0].source == f"file {token_file}" and not cfg.warnings
+    token_file.write_text("short")
+    cfg = parse(MINIMAL + f'[consumers.c]\ntoken_file = "{token_file}"\n')
+    assert [w for w in cfg.warnings if "fewer than 20 characters" in w]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[consumers.a]\nstreams = ["prod"]\n', "consumers.a: missing token_sha256 (run \"lsproxy token new NAME\""),
+        (f'[consumers.a]\ntoken_sha256 = "{CONSUMER_SHA}"\ntoken_env = "X"\n', "consumers.a: set only one of"),
+        ('[consumers.a]\ntoken_sha256 = "TOPSECRET-tok3n-4242"\n', "consumers.a.token_sha256: expected the SHA-256"),
+        ("[consumers.a]\ntoken_sha256 = 5\n", "consumers.a.token_sha256: expected the SHA-256 of the token"),
+        ('[consumers.a]\ntoken = "x"\n', "consumers.a.token: unknown key (give token_sha256, token_env"),
+        (f'[consumers.a]\ntoken_sha256 = "{CONSUMER_SHA}"\nstream = []\n', "did you mean 'streams'?"),
+        (f'[consumers.a]\ntoken_sha256 = "{CONSUMER_SHA}"\nstreams = ["nope"]\n',
+         "consumers.a.streams: item 1: no stream or route named 'nope' (known: acme-prod, prod)"),
+        (f'[consumers.a]\ntoken_sha256 = "{CONSUMER_SHA}"\nstreams = "prod"\n', "expected a list of stream routes"),
+        (f'[consumers.a]\ntoken_sha256 = "{CONSUMER_SHA}"\nstreams = []\n', "lists no stream"),
+        (f'[consumers.a]\ntoken_sha256 = "{CONSUMER_SHA}"\nadmin = "yes"\n', "consumers.a.admin: expected true or false"),
+        (f'[consumers."a/b"]\ntoken_sha256 = "{CONSUMER_SHA}"\n', 'consumers."a/b": a consumer name is 1-64'),
+        ('[consumers.a]\ntoken_env = "TOPSECRET-tok3n-4242"\n', "consumers.a.token_env: expected the name of an environment variable"),
+        ('[consumers.a]\ntoken_env = "UNSET_VAR"\n', "consumers.a.token_env: environment variable UNSET_VAR is not set"),
+        ('[consumers.a]\ntoken_file = "/nonexistent/t"\n', "consumers.a.token_file: /nonexistent/t does not exist"),
+        (f'[consumers.a]\ntoken_sha256 = "{CONSUMER_SHA}"\n[consumers.b]\ntoken_sha256 = "{CONSUMER_SHA}"\n',
+         "consumers.b: has the same token as consumers.a"),
+        ('consumers = 1\n', "consumers: expected a table ([consumers.<name>])"),
+    ],
+)
+def test_consumer_table_errors(text: str, expected: str) -> None:
+    # A top-level key must come before the first table.
+    message = error(text + MINIMAL) if text.startswith("consumers =") else error(MINIMAL + text)
+    assert expected in message
+
+
+def test_an_empty_stream_list_is_allowed_for_an_admin_only_token() -> None:
+    cfg = parse(MINIMAL + f'[consumers.ops]\ntoken_sha256 = "{CONSUMER_SHA}"\nstreams = []\nadmin = true\n')
+    assert cfg.consumers[0].streams == frozenset() and cfg.consumers[0].admin
+
+
+def test_a_non_loopback_listener_needs_consumer_tables_or_an_explicit_opt_out() -> None:
+    for listen in ("0.0.0.0:8080", "[::]:8080", "192.0.2.1:80", "proxy.internal:8080"):
+        message = error(f'[server]\nlisten = "{listen}"\n' + MINIMAL)
+        host = listen.rsplit(":", 1)[0].strip("[]")
+        assert message == (
+            f"{FILE}: server.listen: listening on {host} without [consumers.<name>] tables would let anyone "
+            "who can reach it read every stream: add consumer tables (lsproxy token new NAME) or set "
+            "allow_unauthenticated = true"
+        )
+    with_auth = parse('[server]\nlisten = "0.0.0.0:8080"\n' + MINIMAL + f'[consumers.a]\ntoken_sha256 = "{CONSUMER_SHA}"\n')
+    assert list(with_auth.warnings) == [
+        f"{FILE}: server.listen: listening on 0.0.0.0 without TLS: tokens and records travel unencrypted "
+        "(set tls_cert and tls_key)"
+    ]
+    assert parse('[server]\nlisten = "localhost:80"\n' + MINIMAL).server.loopback
+    moot = parse('[server]\nallow_unauthenticated = true\n' + MINIMAL + f'[consumers.a]\ntoken_sha256 = "{CONSUMER_SHA}"\n')
+    assert [w for w in moot.warnings if "allow_unauthenticated: has no effect" in w]
+    assert error('[server]\nallow_unauthenticated = 1\n' + MINIMAL).endswith(
+        "server.allow_unauthenticated: expected true or false, got integer 1"
+    )
+
+
+@pytest.fixture(scope="module")
+def pem_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    import trustme
+
+    base = tmp_path_factory.mktemp("tls")
+    ca, other = trustme.CA(), trustme.CA()
+    cert, stranger = ca.issue_cert("proxy.example"), other.issue_cert("proxy.example")
+    files = {"cert": base / "cert.pem", "key": base / "key.pem", "other_key": base / "other.pem"}
+    cert.cert_chain_pems[0].write_to_path(files["cert"])
+    cert.private_key_pem.write_to_path(files["key"])
+    stranger.private_key_pem.write_to_path(files["other_key"])
+    for path in files.values():
+        path.chmod(0o600)
+    return files
+
+
+def test_tls_files_are_loaded_at_parse_time(pem_files: dict[str, Path]) -> None:
+    text = f'[server]\ntls_cert = "{pem_files["cert"]}"\ntls_key = "{pem_files["key"]}"\n' + MINIMAL
+    server = parse(text).server
+    assert (server.tls_cert, server.tls_key) == (str(pem_files["cert"]), str(pem_files["key"]))
+    assert not parse(text).warnings
+    relative = parse_config(
+        '[server]\ntls_cert = "cert.pem"\ntls_key = "key.pem"\n' + MINIMAL,
+        path=str(pem_files["cert"].parent / "p.toml"),
+        environ=ENV,
+    )
+    assert relative.server.tls_cert == str(pem_files["cert"])
+
+
+def test_tls_file_errors_name_the_key_and_the_problem(pem_files: dict[str, Path]) -> None:
+    cert, key, other = pem_files["cert"], pem_files["key"], pem_files["other_key"]
+    cases = [
+        (f'tls_cert = "{cert}"\n', "server.tls_cert: needs tls_key too (PEM files of the certificate and its key)"),
+        (f'tls_key = "{key}"\n', "server.tls_key: needs tls_cert too (PEM files of the certificate and its key)"),
+        (f'tls_cert = "{cert}"\ntls_key = "{other}"\n', f"server.tls_key: {other} does not match the certificate in {cert}"),
+        (f'tls_cert = "{cert}.missing"\ntls_key = "{key}"\n', f"server.tls_cert: {cert}.missing does not exist"),
+        (f'tls_cert = "{key}"\ntls_key = "{key}"\n', f"server.tls_cert: {key} holds no PEM certificate"),
+        (f'tls_cert = "{cert}"\ntls_key = "{cert}"\n', f"server.tls_key: {cert} holds no PEM private key"),
+        ('tls_cert = 1\ntls_key = 2\n', "server.tls_cert: expected a path (a string), got integer 1"),
+    ]
+    for server, expected in cases:
+        assert error("[server]\n" + server + MINIMAL) == f"{FILE}: {expected}"
+
+
+def test_a_tls_key_readable_by_others_is_a_warning(pem_files: dict[str, Path], tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_bytes(pem_files["key"].read_bytes())
+    key.chmod(0o644)
+    cfg = parse(f'[server]\ntls_cert = "{pem_files["cert"]}"\ntls_key = "{key}"\n' + MINIMAL)
+    assert list(cfg.warnings) == [f"{FILE}: server.tls_key: {key} is readable by others (chmod 600 it)"]
+
+
+def test_load_server_config_reads_only_the_server_table(tmp_path: Path) -> None:
+    from lsproxy.config import load_server_config
+
+    path = tmp_path / "p.toml"
+    path.write_text('[server]\nlisten = "0.0.0.0:9000"\n[credentials.a]\ntoken_env = "UNSET_VAR"\n')
+    server = load_server_config(path)
+    assert (server.host, server.port) == ("0.0.0.0", 9000)
+    path.write_text("[server]\nlisten = 5\n")
+    with pytest.raises(ConfigError, match=r"p.toml: server.listen: expected"):
+        load_server_config(path)
+
+
+def test_consumer_group_resume_and_browser_keys() -> None:
+    cfg = parse(
+        "[server]\ntcp_user_timeout = 10\nanonymous_resume = \"off\"\nanonymous_resume_linger = 60\n"
+        'anonymous_group_linger = 0\ncors_allow_origins = ["https://dash.example.com", "*"]\n' + MINIMAL
+    )
+    assert cfg.server.tcp_user_timeout == 10.0 and cfg.server.anonymous_resume == "off"
+    assert cfg.server.anonymous_resume_linger == 60.0 and cfg.server.anonymous_group_linger == 0.0
+    assert cfg.server.cors_allow_origins == ("https://dash.example.com", "*")
+    defaults = ServerConfig()
+    assert defaults.tcp_user_timeout == 30.0 and defaults.anonymous_resume == "api_key"
+    assert defaults.anonymous_resume_linger == defaults.anonymous_group_linger == 300.0
+    assert defaults.cors_allow_origins == ()
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('anonymous_resume = "yes"', 'server.anonymous_resume: expected "api_key" or "off"'),
+        ("anonymous_resume = true", 'server.anonymous_resume: expected "api_key" or "off"'),
+        ("anonymous_group_linger = -1", "server.anonymous_group_linger: must be >= 0"),
+        ('cors_allow_origins = "*"', "server.cors_allow_origins: expected a list of origins"),
+        ('cors_allow_origins = ["https://x.com/path"]', "is not an origin"),
+    ],
+)
+def test_bad_consumer_group_resume_and_browser_keys(line: str, expected: str) -> None:
+    assert expected in error(f"[server]\n{line}\n" + MINIMAL)
+
+
+# -- bounded work: a reload reads and parses the file while the proxy serves -----------
+
+
+def test_a_config_file_over_1_mib_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    path = tmp_path / "huge.toml"
+    path.write_text(MINIMAL + "# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match=r"huge\.toml: cannot read config: larger than 1024 KiB"):
+        load_config(path, environ={})
+
+
+def test_tables_or_arrays_nested_too_deeply_are_a_config_error() -> None:
+    for value in ("[" * 50_000 + "]" * 50_000, "{a = " * 5_000 + "1" + "}" * 5_000):
+        with pytest.raises(ConfigError, match="nested too deeply"):
+            parse(MINIMAL + f"x = {value}\n")
+
+
+def test_a_dotted_key_of_many_parts_is_refused_before_tomllib_sees_it() -> None:
+    # tomllib's work grows with the square of the number of parts: 100,000 would exhaust memory.
+    with pytest.raises(ConfigError, match=r"line 5: a dotted key of more than 16 parts"):
+        parse(MINIMAL + "a." * 100_000 + "b = 1\n")
+    with pytest.raises(ConfigError, match="dotted key"):
+        parse(MINIMAL + ' "a\\".b" . ' * 20 + "b = 1\n")
+    config = parse(MINIMAL.replace("[streams.prod]\nurl", '[streams]\nprod . "url"'))  # a few parts are fine
+    assert config.streams[0].url.endswith("/acme-prod")

@@ -237,3 +237,58 @@ def test_restored_cursors_keep_their_last_seen_time_and_connected_ones_refresh_i
     assert book.persistent(now=1100.0)["recent"][2] == 1100.0  # a crash would not age it by more
     book.detach(lease, now=1200.0)
     assert book.persistent(now=5000.0)["recent"] == (9, 0, 1200.0)
+
+
+def test_move_releases_the_lease_and_sets_the_position() -> None:
+    book = CursorBook()
+    lease = book.attach("a", reset=None, oldest=0, tail=100, window_bytes=0)
+    assert book.sent(lease, 120, 10)
+    cursor = book.move("a", 40)
+    assert (cursor.position, cursor.connected, cursor.current) == (40, False, 40)
+    assert not book.sent(lease, 130, 10)  # the old connection's progress is ignored
+    book.detach(lease)
+    assert book.get("a").position == 40  # type: ignore[union-attr]  # and its end does not move it back
+    again = book.attach("a", reset=None, oldest=0, tail=200, window_bytes=0)
+    assert again.start == 40
+
+
+def test_move_creates_a_named_cursor_and_refuses_anonymous_ones() -> None:
+    book = CursorBook()
+    assert book.move("new", 7).named and book.attach("new", reset=None, oldest=0, tail=9, window_bytes=0).start == 7
+    anonymous = book.attach(None, reset=None, oldest=0, tail=9, window_bytes=0)
+    with pytest.raises(ValueError, match="anonymous"):
+        book.move(anonymous.name, 1)
+    assert book.forget(anonymous.name) is None
+
+
+def test_a_forgotten_cursors_lease_never_matches_a_new_cursor_of_the_same_name() -> None:
+    book = CursorBook()
+    old = book.attach("a", reset=None, oldest=0, tail=10, window_bytes=0)
+    assert book.forget("a") is not None and book.get("a") is None
+    new = book.attach("a", reset=None, oldest=0, tail=50, window_bytes=0)
+    assert new.start == 50  # a fresh cursor at the tail
+    assert not book.sent(old, 20, 10)  # the dying connection cannot move the new cursor
+    book.detach(old)
+    assert book.get("a").connected and book.sent(new, 60, 10)  # type: ignore[union-attr]
+    assert book.persistent(now=0.0) == {"a": (60, 0, 0.0)}
+
+
+def test_an_exact_start_below_retention_counts_the_skip() -> None:
+    book = CursorBook()
+    lease = book.attach("a", reset=None, oldest=50, tail=90, window_bytes=0, start_at=20)
+    assert lease.start == 50 and lease.skipped == 30 and book.get("a").skipped == 30  # type: ignore[union-attr]
+    beyond = book.attach(None, reset=None, oldest=50, tail=90, window_bytes=0, start_at=500)
+    assert beyond.start == 90 and beyond.skipped == 0
+
+
+def test_removed_cursors_and_unpersisted_ones() -> None:
+    book = CursorBook()
+    lease = book.attach("g#0/2", reset=None, oldest=0, tail=10, window_bytes=0)
+    book.remove("g#0/2")
+    assert book.get("g#0/2") is not None  # held: not removed
+    book.detach(lease)
+    book.get("g#0/2").persisted = False  # type: ignore[union-attr]
+    assert book.persistent(now=0.0) == {}
+    book.remove("g#0/2")
+    assert book.get("g#0/2") is None
+

@@ -92,3 +92,10 @@ def test_crc32_combine_fallback_matches_zlib() -> None:
         a, b = rng.randbytes(rng.randint(0, 5000)), rng.randbytes(rng.randint(0, 5000))
         assert deflate._crc32_combine_py(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
         assert deflate.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+
+
+def test_a_heartbeat_of_another_kind_keeps_the_gzip_member_valid() -> None:
+    enc = SharedGzipEncoder(b":\n\n")  # Server-Sent Events: a comment
+    body = enc.start() + enc.heartbeat() + enc.heartbeat() + enc.finish()
+    assert gzip.decompress(body) == b":\n\n:\n\n"
+    assert IdentityEncoder(b":\n\n").heartbeat() == b":\n\n"

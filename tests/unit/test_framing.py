@@ -11,7 +11,7 @@ import pytest
 
 from lsproxy import deflate
 from lsproxy.errors import FramingError
-from lsproxy.upstream.framing import RecordFramer
+from lsproxy.upstream.framing import STEP_BYTES, STEP_CALLS, STEP_LINES, RecordFramer
 
 
 @pytest.fixture(params=["isal", "zlib"], autouse=True)
@@ -45,6 +45,8 @@ def feed_chunks(framer: RecordFramer, chunks: Iterable[bytes]) -> list[bytes]:
     out: list[bytes] = []
     for chunk in chunks:
         out.extend(framer.feed(chunk))
+        while framer.pending:
+            out.extend(framer.feed(b""))
     out.extend(framer.feed_eof())
     return out
 
@@ -279,3 +281,81 @@ def test_non_ascii_split_across_chunks() -> None:
     rec = '{"city":"Zürich","sym":"€"}'.encode()
     data = gz(rec + b"\r\n")
     assert feed_chunks(RecordFramer(), (data[i : i + 1] for i in range(len(data)))) == [rec]
+
+
+# -- bounded work per call: a small input can inflate to gigabytes -------------------
+
+
+def gz_run(unit: bytes, total: int, end: bytes = b"") -> bytes:
+    """Level-9 gzip of ``unit`` repeated to ``total`` bytes, then ``end`` (fast to build)."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    piece = unit * ((1 << 20) // len(unit))
+    return b"".join([*(comp.compress(piece) for _ in range(total >> 20)), comp.compress(end), comp.flush()])
+
+
+def feed_in_steps(framer: RecordFramer, data: bytes) -> list[list[bytes]]:
+    """Every call's records: one feed, then feed(b"") while work is pending."""
+    steps = [framer.feed(data)]
+    while framer.pending:
+        steps.append(framer.feed(b""))
+    return steps
+
+
+def test_a_bomb_of_blank_lines_is_inflated_in_bounded_steps() -> None:
+    total = 32 << 20
+    data = gz_run(b"\r\n", total, end=b'{"after":1}\r\n')
+    assert len(data) < total // 500
+    framer = RecordFramer()
+    steps = feed_in_steps(framer, data)
+    assert [r for step in steps for r in step] == [b'{"after":1}']
+    assert len(steps) >= total // STEP_BYTES  # no call inflated more than STEP_BYTES
+    assert framer.feed_eof() == []
+
+
+def test_a_bomb_of_tiny_records_comes_out_in_bounded_steps() -> None:
+    count = 200_000
+    framer = RecordFramer()
+    steps = feed_in_steps(framer, gz(b"a\r\n" * count))
+    assert max(map(len, steps)) <= STEP_LINES
+    assert sum(map(len, steps)) == count and framer.records == count
+    assert all(r == b"a" for step in steps for r in step)
+
+
+def test_mixed_blank_lines_and_records_are_split_in_bounded_steps() -> None:
+    text = (b"\r\n" * 7 + b"x\n") * 50_000
+    steps = feed_in_steps(RecordFramer(), gz(text))
+    assert sum(map(len, steps)) == 50_000
+    assert max(map(len, steps)) <= STEP_LINES // 8 + 1  # blank lines count against the budget
+
+
+def test_a_bomb_of_empty_gzip_members_is_bounded_by_zlib_calls() -> None:
+    members = 20 * STEP_CALLS
+    framer = RecordFramer()
+    steps = feed_in_steps(framer, gz(b"") * members + gz(b"a\r\n"))
+    assert len(steps) >= members // STEP_CALLS
+    assert [r for step in steps for r in step] == [b"a"]
+
+
+def test_new_input_while_pending_is_queued_behind_the_old() -> None:
+    first = gz(b"a\r\n" * (3 * STEP_LINES))
+    framer = RecordFramer()
+    out = framer.feed(first)
+    assert framer.pending
+    out += framer.feed(gz(b"b\r\n"))
+    while framer.pending:
+        out += framer.feed(b"")
+    assert out == [b"a"] * (3 * STEP_LINES) + [b"b"]
+
+
+def test_feed_eof_with_work_pending_is_a_caller_bug() -> None:
+    framer = RecordFramer()
+    framer.feed(gz(b"a\r\n" * (2 * STEP_LINES)))
+    assert framer.pending
+    with pytest.raises(RuntimeError, match="pending"):
+        framer.feed_eof()
+
+
+def test_blank_run_fast_path_keeps_a_lone_cr_and_records_of_one_cr() -> None:
+    # Blocks of only CR/LF are counted, not split: "\r\r\n" is still the record "\r".
+    members = [gz(b"\r\n\r\n\r"), gz(b"\r\n\r\n"), gz(b"\n\r\r\n"), gz(b"\r"), gz(b"x\r\n")]
+    assert feed_chunks(RecordFramer(), members) == [b"\r", b"\r", b"\rx"]

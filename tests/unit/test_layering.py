@@ -10,6 +10,8 @@ PACKAGE = Path(__file__).parent.parent.parent / "lsproxy"
 PURE = [
     "config.py",
     "config_credentials.py",
+    "config_consumers.py",
+    "tls_files.py",
     "upstream/backoff.py",
     "upstream/outcome.py",
     "upstream/framing.py",
@@ -17,9 +19,22 @@ PURE = [
     "hub/cursors.py",
     "hub/dedup.py",
     "hub/segment.py",
+    "hub/journal_rule.py",
+    "cluster/slot_policy.py",
+    "cluster/names.py",
+    "hub/rates.py",
+    "histogram.py",
     "deflate.py",
     "serve/routes.py",
     "serve/encoding.py",
+    "serve/auth.py",
+    "serve/fields.py",
+    "serve/sse.py",
+    "serve/view.py",
+    "hub/visitor.py",
+    "hub/groups.py",
+    "hub/resume_points.py",
+    "hub/block_cache.py",
 ]
 IO_MODULES = {"trio", "httpx", "h11", "socket", "asyncio", "time"}
 

@@ -63,6 +63,8 @@ def test_all_flags() -> None:
         "--redirect",
         "--seed",
         "9",
+        "--run-id",
+        "4",
         "--oauth-client-id",
         "cid",
         "--oauth-client-secret",
@@ -83,6 +85,17 @@ def test_all_flags() -> None:
     )
     assert (s.oauth_client_id, s.oauth_client_secret, s.token_ttl) == ("cid", "csecret", 0.5)
     assert s.oauth and s.expected_api_key == "k"
+    assert s.run_id == 4
+
+
+def test_run_id_defaults_to_none_a_new_random_one_per_start() -> None:
+    assert parse().run_id is None
+
+
+def test_help_names_the_default_token() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert "(default demo-token)" in " ".join(parser.format_help().split())
 
 
 def test_oauth_defaults_and_settings_rules() -> None:

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from lsproxy.hub.dedup import hit_id
+from lsproxy.simulator import SimSettings, Simulator
 from lsproxy.simulator.buffer import HitBuffer
 from lsproxy.simulator.hits import EMPTY_EVERY, SEQ_BASE, HitFactory, hit_id_high, seq_of
 
@@ -46,6 +48,25 @@ def test_hit_id_high_is_constant_per_stream_and_differs_between_streams() -> Non
     assert hit_id_high(1, "a") == hit_id_high(1, "a")
     assert hit_id_high(1, "a") != hit_id_high(1, "b")
     assert 2**62 <= hit_id_high(1, "a") < 2**63
+
+
+def test_a_new_run_has_new_hit_ids_same_seqs_and_otherwise_the_same_content() -> None:
+    first, _ = HitFactory("demo", seed=3, run=1).render_range(0, 50, EPOCH)
+    again, _ = HitFactory("demo", seed=3, run=1).render_range(0, 50, EPOCH)
+    restarted, _ = HitFactory("demo", seed=3, run=2).render_range(0, 50, EPOCH)
+    assert first == again
+    assert [seq_of(x) for x in restarted] == [seq_of(x) for x in first] == list(range(50))
+    assert not {hit_id(x) for x in first} & {hit_id(x) for x in restarted}  # de-dup keeps them all
+    old_high, new_high = str(hit_id_high(3, "demo", 1)).encode(), str(hit_id_high(3, "demo", 2)).encode()
+    assert [x.replace(new_high, old_high) for x in restarted] == first
+
+
+def test_every_simulator_start_is_a_new_run_unless_one_is_given() -> None:
+    def high(settings: SimSettings) -> int:
+        return Simulator(settings).streams["demo-stream"].buffer.factory.hit_id_high
+
+    assert high(SimSettings()) != high(SimSettings())
+    assert high(SimSettings(run_id=5)) == high(SimSettings(run_id=5)) == hit_id_high(1, "demo-stream", 5)
 
 
 def test_seq_of() -> None:

@@ -121,7 +121,7 @@ def test_only_changed_cursors_are_written(tmp_path: Path) -> None:
     cursors = {f"consumer-{i}": (i, 0, 1.0) for i in range(1_000)}
     store.commit(Commit([], 0, 0, cursors, {}, 1.0))
     store.commit(Commit([], 0, 0, {"consumer-7": (70, 1, 2.0)}, {}, 2.0))
-    store.commit(Commit([], 0, 0, {"consumer-8": (80, 0, 3.0)}, {}, 3.0, forget=["consumer-9", "consumer-8"]))
+    store.commit(Commit([], 0, 0, {"consumer-8": (80, 0, 3.0)}, {}, 3.0, forgotten=["consumer-9", "consumer-8"]))
     store.close()
     loaded = Store(path).load(0)
     del cursors["consumer-9"]  # forgotten (consumer_ttl); consumer-8 came back in the same commit

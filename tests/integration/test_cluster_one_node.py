@@ -1,0 +1,104 @@
+"""Cluster mode on one real nats-server: end to end through the simulator, and NATS
+unreachable at start."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+
+import httpx
+import pytest
+import trio
+
+from lsproxy.app import Proxy
+from lsproxy.config import Config
+from lsproxy.simulator import SimSettings, SimStream
+from tests.cluster_harness import free_ports, nats_available, nats_cluster
+from tests.harness import ProxyUnderTest, SimUnderTest, StreamReader, proxy_config, running
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not nats_available(), reason="nats-server is not installed (scripts/test installs it)"
+    ),
+]
+
+
+def cluster_config(
+    sim: SimUnderTest, seeds: list[str], node: str, *, replicas: int = 1, lease_ttl: float = 2.0
+) -> Config:
+    seed_list = ", ".join(f'"{u}"' for u in seeds)
+    extra = (
+        f'[cluster]\nnats = [{seed_list}]\nnode = "{node}"\nreplicas = {replicas}\n'
+        f"lease_ttl = {lease_ttl}\nclock_skew_margin = 0.2\n"
+    )
+    config = proxy_config(sim, extra=extra, reconnect_delay=1.0, max_reconnect_delay=2.0)
+    own_dir = tempfile.mkdtemp(prefix=f"lsproxy-{node}-")
+    return dataclasses.replace(config, storage=dataclasses.replace(config.storage, dir=own_dir))
+
+
+def sim_settings(linger: float = 0.8) -> SimSettings:
+    # A reconnect sooner than `linger` after a loss is refused (409): an early one shows.
+    return SimSettings(streams=(SimStream("s1", "suite-s1", 200.0),), linger=linger)
+
+
+async def get(port: int, path: str) -> httpx.Response:
+    async with httpx.AsyncClient(trust_env=False) as client:
+        return await client.get(f"http://127.0.0.1:{port}{path}")
+
+
+async def test_one_node_end_to_end_records_flow_through_jetstream() -> None:
+    with nats_cluster(1) as nats:
+        async with running(sim_settings(), start_proxy=False) as (sim, _):
+            config = cluster_config(sim, nats.urls, "solo")
+            async with trio.open_nursery() as nursery:
+                proxy = Proxy(config)
+                addresses = await nursery.start(proxy.run)
+                p = ProxyUnderTest(proxy, addresses[0][1])
+                with trio.fail_after(15):
+                    while (await get(p.port, "/readyz")).status_code != 200:
+                        await trio.sleep(0.1)
+                reader = await StreamReader(p.port, "/api/1/stream/s1?consumer=c1").connect()
+                await reader.read_records(300, timeout=15)
+                seqs = reader.seqs()
+                assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # in order, no gap, no dup
+                status = (await get(p.port, "/status")).json()
+                cluster = status["cluster"]
+                assert cluster["node"] == "solo" and cluster["nats"]["connected"]
+                assert [lease["slot"] for lease in cluster["leases"].values()] == [1]
+                js = cluster["jetstream"]["s1"]
+                assert js["jetstream_stream"] == "LSPROXY_s1" and js["state"]["last_seq"] >= 1
+                assert status["streams"]["s1"]["state"] == "streaming"
+                # A consumer replaying from the first offset reads older records from JetStream.
+                replay = await StreamReader(p.port, "/api/1/stream/s1?reset=smallest").connect()
+                await replay.read_records(200, timeout=15)
+                first = replay.seqs()[:200]
+                assert first == list(range(first[0], first[0] + 200))
+                await reader.aclose()
+                await replay.aclose()
+                assert sim.stream_stats()["accepted"] == 1
+                proxy.request_shutdown()
+            shutil.rmtree(config.storage.dir, ignore_errors=True)
+
+
+async def test_nats_unreachable_at_start_healthz_200_readyz_503_no_upstream_connection() -> None:
+    (dead_port,) = free_ports(1)
+    async with running(sim_settings(), start_proxy=False) as (sim, _):
+        config = cluster_config(sim, [f"nats://127.0.0.1:{dead_port}"], "lonely")
+        async with trio.open_nursery() as nursery:
+            proxy = Proxy(config)
+            addresses = await nursery.start(proxy.run)
+            port = addresses[0][1]
+            await trio.sleep(1.5)
+            assert (await get(port, "/healthz")).status_code == 200
+            ready = await get(port, "/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["cluster"]["nats"]["connected"] is False
+            assert ready.json()["cluster"]["nats"]["last_error"]
+            refused = await StreamReader(port, "/api/1/stream/s1").connect()
+            assert refused.status == 503
+            await refused.aclose()
+            assert sim.stream_stats()["attempts"] == 0
+            proxy.request_shutdown()
+        shutil.rmtree(config.storage.dir, ignore_errors=True)
