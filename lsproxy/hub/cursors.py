@@ -39,7 +39,8 @@ are sent again: a consumer may see duplicates around its reconnects, never gaps.
 Retention may trim records a cursor has not reached. Only records that were
 never handed to this consumer's socket count as *skipped*: a rewind whose
 point was trimmed re-sends less, it does not lose anything the consumer has not
-already been sent (``Cursor.delivered`` is the furthest offset ever sent).
+already been sent (``Cursor.sent_from``..``Cursor.delivered`` is the range
+handed over so far, the furthest offset last).
 An explicit start below the oldest retained record (an exact resume) is not
 clamped silently either: the records it asked for and was never sent count as
 skipped.
@@ -149,6 +150,7 @@ class Cursor:
     connections: int = 0
     seen_at: float = 0.0  # last seen connected (unix time; for the ttl)
     delivered: int = 0  # furthest offset ever handed to this consumer's socket
+    sent_from: int = 0  # ... and where that sending began (a new cursor's first start)
     last_replay: tuple[int, int] = (0, 0)  # (records, wire bytes) its last connection left unconfirmed
     persisted: bool = True  # named cursors only; False: kept in memory (an anonymous group's shares)
 
@@ -238,13 +240,14 @@ class CursorBook:
         if cursor.connected or not cursor.named:
             return False
         cursor.position, cursor.skipped, cursor.seen_at = position, skipped, now
-        cursor.delivered = max(cursor.delivered, position)
+        if position > cursor.delivered:
+            cursor.sent_from = cursor.delivered = position
         self._idle.move_to_end(name)  # newest last
         return True
 
     def _add_idle(self, cursor: Cursor) -> None:
         """A new disconnected named cursor (restored, adopted, created by an operator)."""
-        cursor.delivered = cursor.position  # records before it count as sent: never skips
+        cursor.sent_from = cursor.delivered = cursor.position  # what happened before is unknown
         self._cursors[cursor.name] = cursor
         self._named += 1
         self._idle[cursor.name] = None
@@ -279,7 +282,7 @@ class CursorBook:
             else:
                 self._named += 1
             key = name if name is not None else f"~anonymous-{self._anonymous}"
-            cursor = self._cursors[key] = Cursor(key, named=name is not None, position=start, delivered=start)
+            cursor = self._cursors[key] = Cursor(key, named=name is not None, position=start)
         else:
             self._release(cursor)
             self._idle.pop(cursor.name, None)
@@ -292,14 +295,14 @@ class CursorBook:
         if start_at is not None:
             start = min(start_at, tail)
         if created:
-            cursor.delivered = start  # nothing was sent: everything asked for and trimmed is a skip
+            cursor.sent_from = cursor.delivered = start  # nothing sent: all asked for and trimmed is a skip
         skipped = trimmed = 0
         if start < oldest:
             skipped = _unsent(cursor, start, oldest)
             trimmed = oldest - start - skipped
             cursor.skipped += skipped
             start = oldest
-        replayed = max(0, min(cursor.delivered, tail) - start)
+        replayed = max(0, min(cursor.delivered, tail) - max(start, cursor.sent_from))
         self._generations += 1
         cursor.generation = self._generations
         cursor.connections += 1
@@ -336,6 +339,8 @@ class CursorBook:
         delivery = cursor.delivery
         assert delivery is not None
         delivery.sent(end_offset, wire_bytes)
+        if delivery.start > cursor.delivered or delivery.start < cursor.sent_from <= end_offset:
+            cursor.sent_from = delivery.start  # a jump ahead starts a new range; a replay extends it
         if end_offset > cursor.delivered:
             cursor.delivered = end_offset
         return True
@@ -430,4 +435,5 @@ class CursorBook:
 
 def _unsent(cursor: Cursor, start: int, end: int) -> int:
     """Records in ``start``..``end`` never handed to ``cursor``'s consumer."""
-    return max(0, end - max(start, cursor.delivered))
+    sent = max(0, min(end, cursor.delivered) - max(start, cursor.sent_from))
+    return max(0, end - start - sent)

@@ -292,3 +292,16 @@ def test_removed_cursors_and_unpersisted_ones() -> None:
     book.remove("g#0/2")
     assert book.get("g#0/2") is None
 
+
+def test_an_exact_start_below_retention_counts_only_records_never_sent() -> None:
+    book = CursorBook()
+    lease = book.attach("a", reset="smallest", oldest=0, tail=100, window_bytes=0)
+    book.sent(lease, 40, 10)  # records 0..40 were handed over
+    book.detach(lease)
+    again = book.attach("a", reset=None, oldest=60, tail=100, window_bytes=0, start_at=20)
+    assert (again.start, again.skipped, again.rewind_trimmed) == (60, 20, 20)  # 40..60 never sent
+    book.detach(again)
+    at_tail = book.attach("b", reset=None, oldest=60, tail=100, window_bytes=0)
+    book.detach(at_tail)
+    asked = book.attach("b", reset=None, oldest=60, tail=100, window_bytes=0, start_at=20)
+    assert (asked.start, asked.skipped, asked.replayed) == (60, 40, 0)  # it started at 100: none were sent
