@@ -305,3 +305,42 @@ def test_an_exact_start_below_retention_counts_only_records_never_sent() -> None
     book.detach(at_tail)
     asked = book.attach("b", reset=None, oldest=60, tail=100, window_bytes=0, start_at=20)
     assert (asked.start, asked.skipped, asked.replayed) == (60, 40, 0)  # it started at 100: none were sent
+
+
+def _consistent(book: CursorBook) -> None:
+    """The cap's count and the sweep's idle list agree with the cursors themselves."""
+    named = [c for c in book.cursors() if c.named]
+    assert book.named == len(named)
+    assert set(book._idle) == {c.name for c in named if not c.connected}
+
+
+def test_every_mutation_keeps_the_named_count_and_the_idle_list_in_step() -> None:
+    book = CursorBook(max_named=100, ttl=100.0)
+    book.restore({"r": (5, 0, 10.0)})
+    a = book.attach("a", reset=None, oldest=0, tail=10, window_bytes=0, now=20.0)
+    book.attach("b", reset=None, oldest=0, tail=10, window_bytes=0, now=20.0)
+    anonymous = book.attach(None, reset=None, oldest=0, tail=10, window_bytes=0, now=20.0)
+    _consistent(book)
+    assert book.adopt("c", 7, 0, now=30.0) and not book.adopt("a", 1, 0, now=30.0)  # held here: ignored
+    book.move("m", 3, now=30.0)  # created by an operator
+    book.move("b", 4, now=40.0)  # held: the connection loses it, the cursor is idle from now
+    _consistent(book)
+    book.remove("a")  # held: kept
+    book.detach(a, now=50.0)
+    book.remove("a")
+    assert book.forget("r") is not None and book.forget(anonymous.name) is None
+    book.detach(anonymous, now=50.0)
+    _consistent(book)
+    assert {c.name for c in book.sweep(now=135.0, limit=10)} == {"c", "m"}  # seen at 30
+    assert [c.name for c in book.sweep(now=141.0, limit=10)] == ["b"]  # moved at 40
+    _consistent(book)
+    assert book.named == 0
+
+
+def test_adopting_a_cursor_counts_as_seen() -> None:
+    book = CursorBook(ttl=100.0)
+    book.restore({"old": (5, 0, 0.0), "other": (5, 0, 50.0)})
+    assert book.adopt("old", 9, 1, now=90.0)  # another node's consumer is alive
+    assert [c.name for c in book.sweep(now=170.0, limit=10)] == ["other"]
+    assert book.persistent(now=170.0) == {"old": (9, 1, 90.0)}
+    _consistent(book)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lsproxy.hub.cursors import CursorBook, Lease, Reset
+from lsproxy.hub.cursors import CursorBook, Lease, Reset, TooManyConsumers
 from lsproxy.hub.groups import ANONYMOUS, GroupBook, GroupRefused, Membership, parse_share_name, share_name
 
 
@@ -202,3 +202,34 @@ def test_share_names() -> None:
     assert parse_share_name(share_name("a.b@c", 3, 8)) == ("a.b@c", 3, 8)
     assert parse_share_name("plain") is None and parse_share_name("x#y") is None
 
+
+def test_a_group_counts_its_shares_against_the_named_cap() -> None:
+    s = Stream(book=CursorBook(max_named=5))
+    s.book.attach("single", reset=None, oldest=0, tail=100, window_bytes=0)
+    s.join("g", 4)  # 1 + 4 = 5: at the cap, allowed
+    with pytest.raises(TooManyConsumers):
+        s.join("h", 2)
+    assert not s.groups.shares_of("h") and s.book.named == 5  # nothing was created
+    assert s.join("g", 4).share == 1  # the group's own members still join
+    s.join(None, 2)  # the anonymous group is not capped (as anonymous consumers are not)
+
+
+def test_shares_forgotten_by_the_ttl_restart_at_the_lowest_remaining_share() -> None:
+    s = Stream(book=CursorBook(ttl=100.0))
+    members = [s.join("g", 3) for _ in range(3)]
+    s.now = 0.0
+    s.leave(members[0].lease, 150)  # idle the longest, and ahead of the others
+    s.now = 50.0
+    s.leave(members[1].lease, 120)
+    s.now = 60.0
+    s.leave(members[2].lease, 130)
+    assert [c.name for c in s.book.sweep(now=105.0, limit=10)] == ["g#0/3"]
+    s.now, s.tail = 106.0, 300
+    again = s.join("g", 3)
+    assert again.share == 0 and again.lease.start == 120  # the lowest remaining: duplicates, no gap
+    assert s.book.named == 3
+    assert [c.name for c in s.book.sweep(now=1000.0, limit=10)] == ["g#1/3", "g#2/3"]
+    s.leave(again.lease, 140)
+    assert [c.name for c in s.book.sweep(now=1000.0, limit=10)] == ["g#0/3"] and s.book.named == 0
+    fresh = s.join("g", 3)  # all forgotten: the group starts afresh, at the tail
+    assert fresh.lease.start == 300 and s.positions("g", 3) == [300, 300, 300]
