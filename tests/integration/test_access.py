@@ -223,7 +223,9 @@ async def test_reconnect_is_refused_while_the_rule_forbids_and_attempts_at_once_
             while proxy.proxy.hubs["s1"].state != "failed":
                 await trio.sleep(0.05)
         stats = sim.stream_stats()
-        assert stats["attempts"] == 2 and stats["attempt_times"][1] - stats["disconnect_times"][0] >= 0.3
+        # The rule counts from the proxy's loss; the simulator (same event loop) notices the
+        # close a few ms later, more under load: without the rule the attempt would come at once.
+        assert stats["attempts"] == 2 and stats["attempt_times"][1] - stats["disconnect_times"][0] >= 0.25
         await trio.sleep(0.35)  # past the rule's 0.3 s; the policy itself would wait 30 s
         scheduled = await request(proxy, "POST", "/admin/streams/s1/reconnect")
         assert scheduled.status_code == 202 and scheduled.json()["connections"][0]["result"] == "scheduled"

@@ -106,7 +106,8 @@ async def test_status_lists_the_most_lagging_200_consumers_with_a_summary_and_pa
         assert first["consumers"][0]["id"] == "c000"
         summary = first["consumer_summary"]
         assert summary["count"] == 251 and summary["named"] == 251 and summary["connected"] == 1
-        assert summary["max_lag"] >= lags[0] and summary["listed"] == 200
+        # The same snapshot's worst lag (the tail moves between requests).
+        assert summary["max_lag"] == first["consumers"][0]["lag"] and summary["listed"] == 200
         ids = [c["id"] for c in everything["consumers"]]
         assert ids[:200] == [c["id"] for c in first["consumers"]] and ids[200:] == [
             c["id"] for c in rest["consumers"]
