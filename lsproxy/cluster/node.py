@@ -284,6 +284,10 @@ class ClusterNode:
     def js(self) -> Any:
         return self._js
 
+    @property
+    def nc(self) -> Any:
+        return self._nc
+
 
 def _server_of(nc: Any) -> str | None:
     url = getattr(nc, "connected_url", None)
