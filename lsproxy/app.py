@@ -202,7 +202,14 @@ class StreamRunner:
                         name = stream.name if len(self.hub.upstreams) == 1 else f"{stream.name}#{i + 1}"
                         attempt = functools.partial(stream_once, stream, self.hub, self.tokens, connection=i)
                         run = functools.partial(
-                            supervise, name, stream.upstream, status, attempt, control=self.controls[i]
+                            supervise,
+                            name,
+                            stream.upstream,
+                            status,
+                            attempt,
+                            control=self.controls[i],
+                            stream=stream.name,
+                            connection=i + 1,
                         )
                         if self.cluster is not None:  # only while this node holds the slot's lease
                             nursery.start_soon(self.cluster.run_slot, stream, i, status, run, hold)
@@ -245,6 +252,7 @@ class Proxy:
             # The files were checked when the config loaded; a TlsFileError here means they changed since.
             tls=ServerTls(server.tls_cert, server.tls_key) if server.tls_cert and server.tls_key else None,
             reconnect=self.reconnect,
+            metrics_max_consumers=server.metrics_max_consumers,
         )
         if self.cluster is not None:
             self.server.cluster = self.cluster
@@ -283,6 +291,7 @@ class Proxy:
                 if self.cluster is not None:
                     await root.start(self.cluster.run)  # started at once: NATS may be down
                 addresses = await root.start(self.server.run)
+                root.start_soon(self.server.metrics.loop_lag.run)
                 for stream in self.config.streams:
                     self._start_stream(stream, hubs[stream.name])
                 for host, port in addresses:

@@ -18,6 +18,7 @@ from lsproxy.config import Config, load_config
 from lsproxy.errors import BindError, ConfigError
 from lsproxy.hub.store import StoreError
 from lsproxy.hub.store_files import PID_NAME, read_pid_file
+from lsproxy.log_format import extra_fields, make_formatter
 from lsproxy.secret import redact
 from lsproxy.simulator import SimSettings
 from lsproxy.tls_files import TlsFileError
@@ -44,12 +45,15 @@ class _RedactSecrets(logging.Filter):
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
+        for key, value in extra_fields(record).items():  # structured fields (JSON lines)
+            if isinstance(value, str) and (clean := redact(value)) != value:
+                setattr(record, key, clean)
         return True
 
 
-def configure_logging(level: str, *, prefix: str = "") -> None:
+def configure_logging(level: str, *, prefix: str = "", log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(prefix + "%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(make_formatter(log_format, prefix))
     handler.addFilter(_RedactSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -74,8 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", required=True, metavar="PATH", help="TOML config file")
         sub.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        sub.add_argument(
+            "--log-format", choices=["text", "json"], help="log lines as text or JSON (default: [server] log_format)"
+        )
     simulate = commands.add_parser("simulate", help="run the built-in Live Stream simulator")
     simulate.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    simulate.add_argument("--log-format", default="text", choices=["text", "json"], help="log lines as text or JSON")
     simulator.add_arguments(simulate)
     cli_admin.add_commands(commands)
     return parser
@@ -86,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in cli_admin.COMMANDS:
         return cli_admin.run(args)
     if args.command == "simulate":
-        configure_logging(args.log_level, prefix=SIMULATOR_LOG_PREFIX)
+        configure_logging(args.log_level, prefix=SIMULATOR_LOG_PREFIX, log_format=args.log_format)
         try:
             return trio.run(_run_simulator, simulator.settings_from_args(args))
         except* simulator.SimulatorBindError as group:
@@ -101,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(config)
     if args.command == "reload":
         return _signal_running_proxy(config)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, log_format=args.log_format or config.server.log_format)
     for warning in config.warnings:
         log.warning("%s", warning)
     try:

@@ -16,7 +16,8 @@ Layout (all tables but ``[credentials.*]`` and ``[streams.*]`` are optional)::
                              tls_cert, tls_key, allow_unauthenticated,
                              tcp_user_timeout, anonymous_resume,
                              anonymous_resume_linger, anonymous_group_linger,
-                             cors_allow_origins
+                             cors_allow_origins,
+                             log_format, metrics_max_consumers
     [storage]                dir, durable, retention_seconds, retention_bytes,
                              memory_bytes, commit_interval, heartbeat_interval
     [upstream]               reconnect_delay, max_reconnect_delay, connect_timeout,
@@ -140,10 +141,6 @@ class ServerConfig:
     tls_key: str | None = None
     #: A non-loopback listen without [consumers] tables is refused unless this is true.
     allow_unauthenticated: bool = False
-
-    @property
-    def loopback(self) -> bool:
-        return _is_loopback(self.host)
     #: Unacknowledged data to a consumer this long: its host is gone (TCP_USER_TIMEOUT; 0: the OS's).
     tcp_user_timeout: float = 30.0
     #: "api_key": anonymous consumers resume by their x-api-key header; "off": at the tail.
@@ -153,6 +150,12 @@ class ServerConfig:
     anonymous_group_linger: float = 300.0
     #: Browser origins (Origin header) allowed to read streams, e.g. a dashboard's; "*": any.
     cors_allow_origins: tuple[str, ...] = ()
+    log_format: str = "text"  # "text" or "json" (one JSON object per line)
+    metrics_max_consumers: int = 100  # named consumers with their own /metrics lag series
+
+    @property
+    def loopback(self) -> bool:
+        return _is_loopback(self.host)
 
 
 @dataclass(frozen=True)
@@ -369,7 +372,10 @@ _SERVER_KEYS = (
     "anonymous_resume_linger",
     "anonymous_group_linger",
     "cors_allow_origins",
+    "log_format",
+    "metrics_max_consumers",
 )
+LOG_FORMATS = ("text", "json")
 _STORAGE_KEYS = tuple(f.name for f in dataclasses.fields(StorageConfig))
 _STORAGE_ONLY_KEYS = ("dir", "durable", "memory_bytes", "commit_interval")
 _RETENTION_KEYS = ("retention_bytes", "retention_seconds")
@@ -548,6 +554,14 @@ class _Parser(_CredentialsParser, _ConsumersParser):
             kwargs["anonymous_resume"] = value
         if "cors_allow_origins" in t:
             kwargs["cors_allow_origins"] = self.origins(t["cors_allow_origins"], (*key, "cors_allow_origins"))
+        if "log_format" in t:
+            if t["log_format"] not in LOG_FORMATS:
+                self.fail((*key, "log_format"), f'expected "text" or "json", got {_describe(t["log_format"])}')
+            kwargs["log_format"] = t["log_format"]
+        if "metrics_max_consumers" in t:
+            kwargs["metrics_max_consumers"] = self.integer(
+                t["metrics_max_consumers"], (*key, "metrics_max_consumers"), unit="consumers", low=0
+            )
         kwargs.update(self.tls(t, key))
         return ServerConfig(**kwargs)
 

@@ -33,12 +33,15 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
+from urllib.parse import unquote
 
 import trio
 
+from lsproxy.histogram import COMMIT_SECONDS, Histogram
 from lsproxy.hub.durable_index import RowIndex
 from lsproxy.hub.segment import Segment, SegmentRun
 from lsproxy.hub.store import Commit, Committed, Loaded, Store, describe_error
@@ -97,6 +100,9 @@ class DurableWriter(abc.ABC):
         self._disk_bytes = loaded.disk_bytes
         self._commits = 0
         self._last_commit: tuple[float, float] | None = None  # (wall time, seconds it took)
+        self.commit_seconds = Histogram(COMMIT_SECONDS)  # every successful commit's duration
+        # Structured log fields: the stream's name, from <dir>/<stream>.sqlite3 (store_files).
+        self._log_fields = {"stream": unquote(os.path.basename(self.path).removesuffix(".sqlite3"))}
         self._apply_retention(clock())
 
     @abc.abstractmethod
@@ -263,10 +269,12 @@ class DurableWriter(abc.ABC):
                 del self._dirty_meta[key]
         self._disk_bytes, self._last_commit = done.disk_bytes, (work.now, done.seconds)
         self._commits += 1
+        self.commit_seconds.observe(done.seconds)
         if self._error is not None:
             log.warning(
                 "stream store %s: persisting again after %.0f s (%s)",
                 self.path, work.now - (self._error_since or work.now), self._error,
+                extra=self._log_fields,
             )  # fmt: skip
             self._error = self._error_since = None
         if self._dropping and self._queue.bytes <= self._queue_cap // 2:
@@ -284,6 +292,7 @@ class DurableWriter(abc.ABC):
             log.error(
                 "stream store %s: cannot persist: %s; keeping records in memory (up to %.1f MB) "
                 "and retrying every %g s", self.path, message, self._queue_cap / 1e6, self.commit_interval,
+                extra=self._log_fields,
             )  # fmt: skip
         self._error = message
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -25,9 +26,13 @@ from lsproxy.hub.cursors import CursorBook, Lease, Reset
 from lsproxy.hub.dedup import DedupWindow
 from lsproxy.hub.groups import GroupBook, is_share
 from lsproxy.hub.log import StreamLog
+from lsproxy.hub.rates import RateRing
 from lsproxy.hub.resume_points import ResumePoints
 
 log = logging.getLogger("lsproxy.hub")
+
+
+RECENT_ERRORS = 10  # per stream in /status (the status page's "last errors")
 
 
 @dataclass
@@ -42,6 +47,9 @@ class UpstreamStatus:
     last_error: dict[str, Any] | None = None
     records: int = 0
     last_record_at: float | None = None  # wall clock
+    bytes_received: int = 0  # body bytes as they came off the wire (gzip)
+    outcomes: dict[str, int] = field(default_factory=dict)  # attempts by how they ended (attempt_kind)
+    recent_errors: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_ERRORS))
 
 
 class Subscription:
@@ -59,6 +67,7 @@ class Subscription:
     ) -> None:
         self.hub = hub
         self.lease = lease
+        self._position = lease.start  # for the hub's delivered-records count
         self.share = share
         self.shares = shares
         self.resumed = resumed  # "linger": started at its API key's resume point
@@ -82,15 +91,22 @@ class Subscription:
 
     def sent(self, end_offset: int, wire_bytes: int) -> bool:
         """Book-keep a batch handed to the kernel; False once taken over."""
-        return self.hub.book.sent(self.lease, end_offset, wire_bytes)
+        hub = self.hub
+        hub.delivered_records += end_offset - self._position
+        hub.delivered_bytes += wire_bytes
+        self._position = end_offset
+        return hub.book.sent(self.lease, end_offset, wire_bytes)
 
     def skipped(self, records: int) -> None:
         self.hub.book.skipped(self.lease, records)
+        self.hub.skipped_records += records
+        self._position += records
         log.warning(
             "stream %s: consumer %s fell out of retention, skipped %d records",
             self.hub.name,
             self.lease.name,
             records,
+            extra={"stream": self.hub.name, "consumer": self.lease.name},
         )
 
 
@@ -114,6 +130,10 @@ class StreamHub:
         self.upstreams = [UpstreamStatus() for _ in range(connections)]
         self.records = 0  # records appended (after de-duplication)
         self.last_record_at: float | None = None
+        self.rates = RateRing()  # records appended per second, for the status page's chart
+        self.delivered_records = 0  # handed to consumers' sockets, all connections ever
+        self.delivered_bytes = 0  # wire bytes (after gzip and chunk framing)
+        self.skipped_records = 0  # consumers jumped over these when retention overtook them
         self.info: dict[str, Any] = {}  # static facts for /status (url, credentials source)
         self.token_status: Callable[[], dict[str, Any]] | None = None  # the credential set's, for /status
         #: Why consumers cannot be served yet (cluster mode before JetStream answers), or None.
@@ -173,14 +193,23 @@ class StreamHub:
             resumed = "linger" if start_at is not None else None
         if consumer is not None:
             self.groups.check_single(consumer)
+        before = self.book.get(consumer) if consumer is not None else None
+        skipped_before = before.skipped if before is not None else 0
         lease = self.book.attach(
             consumer, reset=reset, oldest=oldest, tail=tail, window_bytes=window_bytes, start_at=start_at
         )
+        cursor = self.book.get(lease.name)
+        self.skipped_records += (cursor.skipped if cursor is not None else 0) - skipped_before
         previous = self._scopes.get(lease.name)
         if previous is not None:
             # The old connection often has not noticed yet that its consumer died.
             previous[1].cancel()
-            log.info("stream %s: consumer %s reconnected, took over", self.name, lease.name)
+            log.info(
+                "stream %s: consumer %s reconnected, took over",
+                self.name,
+                lease.name,
+                extra={"stream": self.name, "consumer": lease.name},
+            )
         self._scopes[lease.name] = (lease.generation, cancel_scope)
         sub = Subscription(self, lease, resumed=resumed, resume_key=resume_key if consumer is None else None)
         if consumer is not None:
@@ -245,6 +274,7 @@ class StreamHub:
             self.log.append(records, now)
             self.records += len(records)
             self.last_record_at = now
+            self.rates.add(now, len(records))
 
     def close(self) -> None:
         """The stream ends (shutdown or removal): consumers finish their responses."""
@@ -259,6 +289,7 @@ class StreamHub:
                 "connected": c.connected,
                 "cursor": c.current,
                 "lag": tail - c.current,
+                "lag_seconds": self._lag_seconds(c.current, tail, now),
                 "skipped": c.skipped,
                 "connections": c.connections,
             }
@@ -278,7 +309,15 @@ class StreamHub:
             "last_record_at": self.last_record_at,
             "duplicates_dropped": self.dedup.dropped if self.dedup is not None else 0,
             "consecutive_duplicates": self.dedup.consecutive if self.dedup is not None else 0,
+            "records_delivered": self.delivered_records,
+            "bytes_delivered": self.delivered_bytes,
+            "records_skipped": self.skipped_records,
             "upstream_connections": connections,
+            "recent_errors": sorted(
+                ({**e, "connection": i + 1} for i, u in enumerate(self.upstreams) for e in u.recent_errors),
+                key=lambda e: e["at"],
+                reverse=True,
+            )[:RECENT_ERRORS],
             "log": {
                 "oldest": self.log.oldest,
                 "next": tail,
@@ -291,6 +330,14 @@ class StreamHub:
             **self.info,
             **({"token": self.token_status()} if self.token_status is not None else {}),
         }
+
+    def _lag_seconds(self, position: int, tail: int, now: float) -> float:
+        """How long the consumer's next record has waited (0 at the tail)."""
+        if position >= tail:
+            return 0.0
+        received_at = getattr(self.log, "received_at", None)
+        arrived = received_at(max(position, self.log.oldest)) if received_at is not None else None
+        return round(max(0.0, now - arrived), 3) if arrived is not None else 0.0
 
 
 def _connection_snapshot(up: UpstreamStatus, now: float) -> dict[str, Any]:
@@ -307,4 +354,6 @@ def _connection_snapshot(up: UpstreamStatus, now: float) -> dict[str, Any]:
         "last_error": up.last_error,
         "records_received": up.records,
         "last_record_at": up.last_record_at,
+        "bytes_received": up.bytes_received,
+        "outcomes": dict(up.outcomes),
     }

@@ -44,7 +44,9 @@ FAILURE_LIMIT = 20
 FAILURE_WINDOW = 60.0
 BLOCK_SECONDS = 60.0
 MAX_TRACKED_ADDRESSES = 10_000  # memory bound under a spread-out attack
-OPEN_ENDPOINTS = frozenset({"healthz", "readyz"})  # probes carry no token
+# Probes carry no token; the status page's files hold no data (its data comes from
+# /status and /rates, which need one).
+OPEN_ENDPOINTS = frozenset({"healthz", "readyz", "", "static/app.js", "static/style.css"})
 
 Headers = Sequence[tuple[bytes, bytes]]
 
@@ -206,8 +208,8 @@ class AccessControl:
                 return _forbidden(f"consumer {identity.name!r} may not read stream {route.stream!r}")
             if route.consumer is not None:
                 route = dataclasses.replace(route, consumer=f"{identity.name}/{route.consumer}")
-        elif isinstance(route, AdminRequest):
-            if not identity.admin:
+        elif isinstance(route, AdminRequest) or (isinstance(route, EndpointRequest) and route.name == "metrics"):
+            if not identity.admin:  # /metrics names every stream and consumer
                 return _forbidden(f"consumer {identity.name!r} is not an admin (admin = true)")
         elif isinstance(route, ErrorReply) and route.status == 404 and not identity.admin:
             # The router's message lists every stream; a restricted consumer sees only its own.

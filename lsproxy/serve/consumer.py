@@ -158,7 +158,8 @@ async def serve_stream(
         headers.append((b"x-lsproxy-offset", b"%d" % sub.start))
         if resume is not None:
             headers.append((b"x-lsproxy-resume", resume.encode()))
-        log.info("stream %s: consumer %s connected at offset %d", hub.name, sub.name, sub.start)
+        fields = {"stream": hub.name, "consumer": sub.name}
+        log.info("stream %s: consumer %s connected at offset %d", hub.name, sub.name, sub.start, extra=fields)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_for_departure, http, nursery.cancel_scope)
@@ -171,13 +172,15 @@ async def serve_stream(
                     head = http.start_body(200, headers) + http.body_chunk(opening)
                     await _pump(http, hub, sub, encoder, settings, head, view)
                 except ConnectionBroken as exc:
-                    log.info("stream %s: consumer %s: %s", hub.name, sub.name, exc)
+                    log.info("stream %s: consumer %s: %s", hub.name, sub.name, exc, extra=fields)
                 nursery.cancel_scope.cancel()
         finally:
             hub.unsubscribe(sub)
-            log.info("stream %s: consumer %s disconnected", hub.name, sub.name)
+            log.info("stream %s: consumer %s disconnected", hub.name, sub.name, extra=fields)
     if scope.cancelled_caught:
-        log.info("stream %s: connection of consumer %s replaced by a newer one", hub.name, sub.name)
+        log.info(
+            "stream %s: connection of consumer %s replaced by a newer one", hub.name, sub.name, extra=fields
+        )
 
 
 async def _pump(

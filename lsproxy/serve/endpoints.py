@@ -1,4 +1,4 @@
-"""/healthz, /readyz and /status: rendered from hub snapshots only, never blocking.
+"""/healthz, /readyz, /status and /rates: rendered from hub snapshots only, never blocking.
 
 ``/healthz`` deliberately ignores the upstream: a liveness probe that fails
 while Adobe is down would make an orchestrator restart the proxy, and every
@@ -41,6 +41,13 @@ def render(
     ready when NATS is and its slots stream here or stand by (another node holds them)."""
     if name == "healthz":
         return 200, _json({"status": "ok"})
+    if name == "rates":
+        # The status page's chart: records appended per second, oldest first.
+        now = time.time()
+        series = {stream: hub.rates.series(now) for stream, hub in hubs.items()}
+        return 200, _json(
+            {"streams": {stream: {"end": end, "per_second": counts} for stream, (end, counts) in series.items()}}
+        )
     if name == "readyz":
         states = {stream: hub.state for stream, hub in hubs.items()}
         if cluster is None:

@@ -24,6 +24,8 @@ from lsproxy.serve.fields import FieldsError, parse_fields
 from lsproxy.serve.sse import wants_event_stream
 
 ENDPOINTS = frozenset({"healthz", "readyz", "status"})
+# Operating the proxy: Prometheus metrics, the status page ("" is "/") and its chart's data.
+ENDPOINTS |= {"metrics", "rates", "", "static/app.js", "static/style.css"}
 # Any small API version: the "firehose" generation of clients asks for /api/0/stream/<X>.
 _STREAM_PATH = re.compile(r"/api/[0-9]{1,2}/stream/([^/]+)/?")
 _CONSUMER_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")

@@ -20,15 +20,18 @@ from collections.abc import Mapping
 import h11
 import trio
 
+from lsproxy.config_consumers import ConsumerAccess
 from lsproxy.errors import BindError
 from lsproxy.hub.stream import StreamHub
 from lsproxy.secret import redact
-from lsproxy.serve import endpoints
+from lsproxy.serve import endpoints, page
 from lsproxy.serve.admin import AdminApi, Reconnect
 from lsproxy.serve.auth import AccessControl, Refused, cursor_prefix
 from lsproxy.serve.consumer import StreamSettings, serve_stream
 from lsproxy.serve.endpoints import ClusterView
 from lsproxy.serve.http import HttpConnection
+from lsproxy.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from lsproxy.serve.metrics import MetricsEndpoint
 from lsproxy.serve.routes import AdminRequest, EndpointRequest, ErrorReply, Router, StreamRequest
 from lsproxy.serve.tls import ServerTls
 
@@ -113,6 +116,7 @@ class ConsumerServer:
         access: AccessControl | None = None,
         tls: ServerTls | None = None,
         reconnect: Reconnect | None = None,
+        metrics_max_consumers: int = 100,
     ) -> None:
         self.hubs = hubs
         self.router = Router(routes)
@@ -125,6 +129,9 @@ class ConsumerServer:
         self.stream_settings = stream_settings
         self.started_at = time.time()
         self.connections = 0
+        self.metrics = MetricsEndpoint(
+            hubs, max_consumers=metrics_max_consumers, connections_accepted=lambda: self.connections
+        )
         self._accepting = trio.CancelScope()
         self._handlers = trio.CancelScope()
         self.finished = trio.Event()
@@ -230,22 +237,12 @@ class ConsumerServer:
                     return
                 await serve_stream(http, hub, route, self.stream_settings)
                 return
-            headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
             if isinstance(route, AdminRequest):
                 status, body, extra = await self.admin.serve(http, route, self.request_timeout)
-                headers += extra
+                headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store"), *extra]
             else:
                 assert isinstance(route, EndpointRequest)
-                hubs = self.hubs
-                if identity is not None and not identity.admin:
-                    hubs = {name: hub for name, hub in hubs.items() if identity.may_read(name)}
-                status, body = endpoints.render(
-                    route.name,
-                    hubs,
-                    self.started_at,
-                    cursor_prefix=cursor_prefix(identity),
-                    cluster=self.cluster,
-                )
+                status, headers, body = self._render(route.name, identity)
             if not _keep_alive(request):
                 headers.append((b"connection", b"close"))
             await http.send_response(status, headers, body, timeout=ERROR_WRITE_TIMEOUT)
@@ -268,6 +265,22 @@ class ConsumerServer:
                 request.method.decode("latin-1"), path, peer, reply.status, reply.description,
             )  # fmt: skip
         await http.send_error(reply, ERROR_WRITE_TIMEOUT, headers=refused.headers)
+
+    def _render(self, name: str, identity: ConsumerAccess | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """(status, headers, body) of a finite endpoint: metrics, the status page, or JSON.
+        A consumer's token (auth on, not an admin) sees only its own streams and cursors."""
+        headers = [(b"cache-control", b"no-store")]
+        if name == "metrics":  # auth on: admins only (AccessControl.admit)
+            return 200, [(b"content-type", METRICS_CONTENT_TYPE), *headers], self.metrics.render()
+        if (asset := page.asset(name)) is not None:
+            return 200, [(b"content-type", asset[0]), *headers, *page.SECURITY_HEADERS], asset[1]
+        hubs = self.hubs
+        if identity is not None and not identity.admin:
+            hubs = {stream: hub for stream, hub in hubs.items() if identity.may_read(stream)}
+        status, body = endpoints.render(
+            name, hubs, self.started_at, cursor_prefix=cursor_prefix(identity), cluster=self.cluster
+        )
+        return status, [(b"content-type", b"application/json"), *headers], body
 
 
 def _peer_host(stream: trio.SocketStream) -> str:

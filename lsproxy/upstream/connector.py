@@ -64,7 +64,9 @@ async def _read_limited(response: httpx.Response, limit: int = ERROR_BODY_LIMIT)
 async def _stream_records(response: httpx.Response, hub: StreamHub, connection: int) -> None:
     """Feed the raw (still gzip) body through the framer into the hub until EOF."""
     framer = RecordFramer()
+    status = hub.upstreams[connection]
     async for chunk in response.aiter_raw():
+        status.bytes_received += len(chunk)
         records = framer.feed(chunk)
         while True:
             if records:

@@ -217,9 +217,15 @@ class OAuthTokenProvider:
                     problem,
                     remaining,
                     retry_in,
+                    extra={"credentials": self.name, "wait": round(retry_in, 3)},
                 )
             else:
-                log.warning("%s; retrying in %.1f s", problem, retry_in)
+                log.warning(
+                    "%s; retrying in %.1f s",
+                    problem,
+                    retry_in,
+                    extra={"credentials": self.name, "wait": round(retry_in, 3)},
+                )
             self._wake()
             raise problem.with_traceback(None)
         self._schedule.on_success(now, issued_at=started, expires_in=expires_in)

@@ -27,6 +27,7 @@ from lsproxy.upstream.backoff import Failure
 __all__ = [
     "END_ERRORS",
     "Outcome",
+    "attempt_kind",
     "classify_end",
     "classify_status",
     "parse_error_description",
@@ -172,6 +173,17 @@ def classify_end(error: str, detail: str, *, stream: str, streamed: bool) -> Out
     cleaned = _clean(detail)
     what = f"{_ENDS[error]} ({cleaned})" if cleaned else _ENDS[error]
     return Outcome(failure, None, error, f"stream {stream!r}: {what}; {advice}.", None)
+
+
+def attempt_kind(outcome: Outcome) -> str:
+    """How an attempt ended, as a bounded label for metrics: ``2xx`` (it streamed, then
+    ended), the status for the codes Live Stream documents (``401``, ``409``, ``503``...),
+    ``4xx``/``5xx`` for other codes, else the network-level end (``network``, ``timeout``...)."""
+    if outcome.failure is Failure.LOST:
+        return "2xx"
+    if outcome.status is not None:
+        return str(outcome.status) if outcome.status in _STATUS else f"{outcome.status // 100}xx"
+    return outcome.error
 
 
 def parse_error_description(body: bytes) -> str | None:

@@ -29,7 +29,7 @@ from lsproxy.config import UpstreamSettings
 from lsproxy.hub.journal import AttemptRecord
 from lsproxy.hub.stream import UpstreamStatus
 from lsproxy.upstream.backoff import Failure, ReconnectPolicy
-from lsproxy.upstream.outcome import Outcome, classify_end
+from lsproxy.upstream.outcome import Outcome, attempt_kind, classify_end
 
 log = logging.getLogger("lsproxy.upstream")
 
@@ -88,12 +88,16 @@ async def supervise(
     journal: AttemptRecord | None = None,
     rng: random.Random | None = None,
     control: SupervisorControl | None = None,
+    stream: str | None = None,
+    connection: int = 1,
 ) -> None:
     """Run one upstream connection of stream ``name`` forever, publishing into ``status``.
     ``not_before`` (trio clock) holds the first attempt back, for a loss this loop did not see;
     ``journal`` records attempts (durably, before connecting) and ends, for the rule across
     reloads and restarts. Every wait, the first one included, shows as "backoff" with its countdown.
-    ``control`` lets an operator ask for an attempt (never before the rule allows one)."""
+    ``control`` lets an operator ask for an attempt (never before the rule allows one).
+    ``stream`` and ``connection`` (1-based) label the log lines' structured fields."""
+    fields = {"stream": stream or name, "connection": connection}
     policy = ReconnectPolicy(
         base=settings.reconnect_delay,
         ceiling=settings.max_reconnect_delay,
@@ -110,8 +114,9 @@ async def supervise(
         status.state = "streaming"
         status.connects += 1
         status.connected_since = time.time()
-        log.info("stream %s: upstream connected, streaming", name)
+        log.info("stream %s: upstream connected, streaming", name, extra={**fields, "status": "2xx"})
 
+    announced = False  # the wait was already logged with the end that caused it
     try:
         while True:
             not_before = policy.next_attempt_at()
@@ -120,7 +125,12 @@ async def supervise(
                 if status.state != "failed":  # a config error stays visible while it waits
                     status.state = "backoff"
                 status.next_attempt_at = time.time() + wait
-                log.info("stream %s: next upstream attempt in %.1f s", name, wait)
+                if not announced:
+                    log.info(
+                        "stream %s: next upstream attempt in %.1f s at %s (the previous connection ended recently)",
+                        name, wait, _clock_time(status.next_attempt_at),
+                        extra={**fields, "wait": round(wait, 3)},
+                    )  # fmt: skip
                 with trio.CancelScope() as control._waiting:
                     await trio.sleep_until(not_before)
                 control._waiting = None
@@ -131,6 +141,7 @@ async def supervise(
             if journal is not None:
                 await journal.attempt_starting()
             status.attempts += 1
+            log.info("stream %s: upstream attempt %d", name, status.attempts, extra=fields)
             policy.on_attempt(trio.current_time())
             try:
                 ended: Outcome | None = None
@@ -160,9 +171,24 @@ async def supervise(
                 "message": outcome.message,
                 "at": time.time(),
             }
+            status.recent_errors.append(status.last_error)
+            kind = attempt_kind(outcome)
+            status.outcomes[kind] = status.outcomes.get(kind, 0) + 1
+            wait = max(0.0, policy.next_attempt_at() - trio.current_time())
             level = logging.ERROR if outcome.failure is Failure.CONFIG else logging.WARNING
-            log.log(level, "%s", outcome.message)
+            log.log(
+                level,
+                "%s Next attempt in %.1f s at %s.",
+                outcome.message, wait, _clock_time(time.time() + wait),
+                extra={**fields, "status": kind, "reason": outcome.error, "wait": round(wait, 3)},
+            )  # fmt: skip
+            announced = True
     finally:
         control._policy = None
         status.state = "stopped"
         status.next_attempt_at = None
+
+
+def _clock_time(unix: float) -> str:
+    """UTC wall-clock time of day for log lines, e.g. ``09:31:02Z``."""
+    return time.strftime("%H:%M:%SZ", time.gmtime(unix))

@@ -101,6 +101,21 @@ async def test_auth_matrix_over_real_sockets() -> None:
         await admin_reader.aclose()
 
 
+async def test_metrics_need_an_admin_rates_are_filtered_and_the_page_files_are_open() -> None:
+    async with running(streams=("s1", "s2"), extra=CONSUMERS) as (_sim, proxy):
+        assert proxy is not None
+        assert (await request(proxy, "GET", "/metrics")).status_code == 401
+        assert (await request(proxy, "GET", "/metrics", TEAM_TOKEN)).status_code == 403  # it names every stream
+        scraped = await request(proxy, "GET", "/metrics", OPS_TOKEN)
+        assert scraped.status_code == 200 and 'stream="s2"' in scraped.text
+        assert (await request(proxy, "GET", "/rates")).status_code == 401
+        assert list((await request(proxy, "GET", "/rates", TEAM_TOKEN)).json()["streams"]) == ["s1"]
+        assert list((await request(proxy, "GET", "/rates", OPS_TOKEN)).json()["streams"]) == ["s1", "s2"]
+        page = await request(proxy, "GET", "/")  # no data in it: its script asks /status with the token
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert (await request(proxy, "GET", "/static/app.js")).status_code == 200
+
+
 async def test_twenty_failed_authentications_get_429_for_a_minute_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

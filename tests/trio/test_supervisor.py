@@ -202,3 +202,30 @@ async def test_an_operator_reconnect_of_a_streaming_connection_closes_it_and_wai
         await trio.sleep(100)
         assert len(up.starts) == 2 and 160 <= up.starts[1] <= 166  # base (+ jitter) after the close
         nursery.cancel_scope.cancel()
+
+
+async def test_each_end_is_one_log_line_with_its_reason_and_the_next_attempt(autojump_clock, caplog) -> None:  # type: ignore[no-untyped-def]
+    async def refuse(n, on_connected):  # type: ignore[no-untyped-def]
+        if n == 3:
+            on_connected()
+            await trio.sleep(TEN_MINUTES)
+            return classify_end("eof", "closed", stream="s", streamed=True)
+        return classify_status(409, b"", stream="s")
+
+    up = Upstream(refuse)
+    hub = StreamHub("s", MemoryLog(1 << 20))
+    caplog.set_level("INFO", logger="lsproxy.upstream")
+    await run_for(1000, stream_config(), up, hub)
+    ends = [r for r in caplog.records if getattr(r, "reason", None)]
+    kinds = [("2xx", "eof") if n == 3 else ("409", "too_many_connections") for n in range(1, len(ends) + 1)]
+    assert len(ends) >= 4 and [(r.status, r.reason) for r in ends] == kinds
+    gaps = [start - end for start, end in zip(up.starts[1:], up.ends, strict=False)]
+    for record, gap in zip(ends, gaps, strict=False):
+        # the wait announced is the wait kept (the mock clock jumps exactly to it)
+        assert record.wait == pytest.approx(gap, abs=0.01) and record.stream == "s" and record.connection == 1
+        assert f"Next attempt in {gap:.1f} s at " in record.getMessage()
+    attempts = [r for r in caplog.records if r.getMessage().startswith("stream s: upstream attempt")]
+    assert len(attempts) == len(up.starts)
+    assert not [r for r in caplog.records if "next upstream attempt in" in r.getMessage()]  # no separate wait line
+    assert hub.upstream.outcomes == {"409": len(ends) - 1, "2xx": 1}
+    assert [e["status"] for e in hub.upstream.recent_errors] == [None if s == "2xx" else 409 for s, _ in kinds]

@@ -22,6 +22,8 @@ PURE = [
     "hub/journal_rule.py",
     "cluster/slot_policy.py",
     "cluster/names.py",
+    "hub/rates.py",
+    "histogram.py",
     "deflate.py",
     "serve/routes.py",
     "serve/encoding.py",

@@ -9,6 +9,7 @@ from lsproxy.upstream.outcome import (
     END_ERRORS,
     MAX_DESCRIPTION,
     Outcome,
+    attempt_kind,
     classify_end,
     classify_status,
     parse_error_description,
@@ -157,3 +158,21 @@ def test_classify_end_keeps_urls_readable() -> None:
 def test_classify_end_unknown_label_is_a_caller_bug() -> None:
     with pytest.raises(ValueError):
         classify_end("oops", "", stream=STREAM, streamed=True)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "kind"),
+    [
+        (classify_end("eof", "", stream="s", streamed=True), "2xx"),
+        (classify_end("network", "reset", stream="s", streamed=True), "2xx"),
+        (classify_end("network", "refused", stream="s", streamed=False), "network"),
+        (classify_end("connect_timeout", "", stream="s", streamed=False), "connect_timeout"),
+        (classify_status(401, b"", stream="s"), "401"),
+        (classify_status(409, b'{"error_description": "too many"}', stream="s"), "409"),
+        (classify_status(503, b"", stream="s"), "503"),
+        (classify_status(418, b"", stream="s"), "4xx"),  # undocumented codes: bounded labels
+        (classify_status(599, b"", stream="s"), "5xx"),
+    ],
+)
+def test_attempt_kind_is_a_bounded_metrics_label(outcome: Outcome, kind: str) -> None:
+    assert attempt_kind(outcome) == kind

@@ -77,6 +77,16 @@ def test_endpoints() -> None:
     assert route("/readyz", version=b"1.0") == EndpointRequest("readyz", head=False)
 
 
+def test_operator_endpoints() -> None:
+    assert route("/metrics") == EndpointRequest("metrics", head=False)
+    assert route("/") == EndpointRequest("", head=False)  # the status page
+    assert route("/?refresh=1", method=b"HEAD") == EndpointRequest("", head=True)
+    assert route("/static/app.js") == EndpointRequest("static/app.js", head=False)
+    assert route("/rates") == EndpointRequest("rates", head=False)
+    assert route("/", method=b"POST") == ErrorReply(405, "method_not_allowed", "/ accepts GET only")
+    assert route("/static/other.js").status == 404  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("header", "expected"),
     [
