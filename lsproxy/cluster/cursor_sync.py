@@ -5,7 +5,9 @@ Each node writes the named cursors of a stream that changed, at most once per
 connected cursor is saved where a successor may resume without loss), under
 ``<stream>.<consumer>`` in ``lsproxy_cursors``. Each node also watches the
 stream's keys and adopts what *other* nodes wrote, unless one of its own
-connections holds that cursor. So a named consumer that moves from one node to
+connections holds that cursor. A named group's share cursors (``<id>#<k>/<N>``)
+are named cursors and are shared the same way; the anonymous group's shares are
+kept in memory on each node (not persisted, so never written here). So a named consumer that moves from one node to
 another resumes where the first node last saved it: duplicates (up to the
 rewind window plus one save interval), never a gap. A consumer that reconnects
 elsewhere within a save interval of its *first* connection may be unknown
@@ -22,6 +24,7 @@ import trio
 
 from lsproxy.cluster import names
 from lsproxy.cluster.node import ClusterNode, NatsUnavailable
+from lsproxy.hub.groups import ANONYMOUS
 from lsproxy.hub.stream import StreamHub
 
 log = logging.getLogger("lsproxy.cluster")
@@ -96,6 +99,8 @@ class CursorSync:
                 name, position, skipped, writer = found
                 if writer == self.node.name:
                     continue  # our own write coming back
+                if name.startswith(ANONYMOUS + "#"):
+                    continue  # the anonymous group's shares are this node's own (never written)
                 if self.hub.book.adopt(name, position, skipped):
                     self._saved[name] = (position, skipped)
                     self.adopted += 1

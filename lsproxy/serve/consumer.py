@@ -38,7 +38,7 @@ from functools import cache
 
 import trio
 
-from lsproxy.hub.groups import GroupRefused
+from lsproxy.hub.groups import MAX_SHARES, GroupRefused
 from lsproxy.hub.hit_search import find_hit
 from lsproxy.hub.segment import Slice
 from lsproxy.hub.stream import StreamHub, Subscription
@@ -140,15 +140,26 @@ async def serve_stream(
     headers = _response_headers(request, encoder, settings)
     with trio.CancelScope() as scope:
         try:
-            sub = hub.subscribe(
-                request.consumer,
-                reset=request.reset,
-                start_at=start_at,
-                window_bytes=replay_window(http.stream, settings.replay_window_bytes),
-                cancel_scope=scope,
-                shares=request.shares,
-                resume_key=request.resume_key if settings.anonymous_resume and not asked else None,
-            )
+            for _ in range(MAX_SHARES + 1):  # cluster mode: a share claimed elsewhere meanwhile
+                sub = hub.subscribe(
+                    request.consumer,
+                    reset=request.reset,
+                    start_at=start_at,
+                    window_bytes=replay_window(http.stream, settings.replay_window_bytes),
+                    cancel_scope=scope,
+                    shares=request.shares,
+                    resume_key=request.resume_key if settings.anonymous_resume and not asked else None,
+                )
+                try:
+                    claimed = await hub.claim_share(sub)
+                except BaseException:
+                    hub.unsubscribe(sub)
+                    raise
+                if claimed:
+                    break
+                hub.unsubscribe(sub)
+            else:
+                raise GroupRefused("max_connections_reached", "every share is held by another node's member")
         except GroupRefused as refused:
             log.info("stream %s: %s", hub.name, refused.description)
             await http.send_error(ErrorReply(409, refused.error, refused.description), settings.write_timeout)

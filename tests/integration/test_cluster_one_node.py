@@ -102,3 +102,47 @@ async def test_nats_unreachable_at_start_healthz_200_readyz_503_no_upstream_conn
             assert sim.stream_stats()["attempts"] == 0
             proxy.request_shutdown()
         shutil.rmtree(config.storage.dir, ignore_errors=True)
+
+
+async def test_group_membership_is_cluster_wide_across_two_nodes() -> None:
+    """maxConnections=2 members on two nodes: a third member on either node gets 409; a
+    member leaving frees its share cluster-wide at once (released, not left to expire)."""
+    with nats_cluster(1) as nats:
+        async with running(sim_settings(), start_proxy=False) as (sim, _):
+            configs = [cluster_config(sim, nats.urls, name) for name in ("node-a", "node-b")]
+            async with trio.open_nursery() as nursery:
+                proxies = [Proxy(config) for config in configs]
+                ports = [(await nursery.start(proxy.run))[0][1] for proxy in proxies]
+                with trio.fail_after(15):
+                    for port in ports:
+                        while (await get(port, "/readyz")).status_code != 200:
+                            await trio.sleep(0.1)
+                a, b = ports
+                path = "/api/1/stream/s1?consumer=g&maxConnections=2"
+                first = await StreamReader(a, path).connect()
+                second = await StreamReader(b, path).connect()
+                assert (first.status, second.status) == (200, 200)
+                for port in (a, b):
+                    third = await StreamReader(port, path).connect()
+                    assert third.status == 409, port
+                    await third.aclose()
+                await first.read_records(20, timeout=10)
+                await second.read_records(20, timeout=10)
+                # The members split the records: no record reaches both.
+                assert not set(first.seqs()) & set(second.seqs())
+                await first.aclose()
+                with trio.fail_after(5):
+                    while True:
+                        again = await StreamReader(b, path).connect()
+                        if again.status == 200:
+                            break
+                        await again.aclose()
+                        await trio.sleep(0.1)
+                await again.read_records(10, timeout=10)
+                assert not set(again.seqs()) & set(second.seqs())
+                for reader in (second, again):
+                    await reader.aclose()
+                for proxy in proxies:
+                    proxy.request_shutdown()
+            for config in configs:
+                shutil.rmtree(config.storage.dir, ignore_errors=True)
