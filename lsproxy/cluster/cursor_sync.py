@@ -9,9 +9,10 @@ connections holds that cursor. A named group's share cursors (``<id>#<k>/<N>``)
 are named cursors and are shared the same way; the anonymous group's shares are
 kept in memory on each node (not persisted, so never written here). So a named consumer that moves from one node to
 another resumes where the first node last saved it: duplicates (up to the
-rewind window plus one save interval), never a gap. A consumer that reconnects
-elsewhere within a save interval of its *first* connection may be unknown
-there and start at the tail, as a new consumer does.
+rewind window plus one save interval), never a gap. A cursor first seen here
+(a consumer's first connection) is saved within ``NEW_CURSOR_CHECK``, so a
+consumer that moves right after its first connection is known on the other
+node too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lsproxy.hub.stream import StreamHub
 log = logging.getLogger("lsproxy.cluster")
 
 SAVE_INTERVAL = 1.0
+NEW_CURSOR_CHECK = 0.1  # a named cursor first seen here is saved within this
 
 
 def encode_cursor(name: str, position: int, skipped: int, node: str) -> bytes:
@@ -79,9 +81,12 @@ class CursorSync:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._adopt, inbox)
+                saved_at = -float("inf")
                 while True:
-                    await self.save()
-                    await trio.sleep(SAVE_INTERVAL)
+                    if trio.current_time() - saved_at >= SAVE_INTERVAL or self._unsaved_names():
+                        saved_at = trio.current_time()
+                        await self.save()
+                    await trio.sleep(NEW_CURSOR_CHECK)
         finally:
             with trio.move_on_after(2, shield=True):
                 await self.save()
@@ -104,6 +109,10 @@ class CursorSync:
                 if self.hub.book.adopt(name, position, skipped):
                     self._saved[name] = (position, skipped)
                     self.adopted += 1
+
+    def _unsaved_names(self) -> bool:
+        """A named cursor never saved from here (a consumer's first connection)."""
+        return any(name not in self._saved for name in self.hub.book.persistent())
 
     async def save(self) -> None:
         """Write the named cursors that changed since the last save."""

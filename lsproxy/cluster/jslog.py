@@ -28,7 +28,9 @@ replaying the same stretch share the fetch and its compression. Below the
 stream's first sequence (trimmed by its limits) reads as a skip.
 
 ``offset_at`` (``since=``) is exact while the tail holds the time asked for;
-older times map to the oldest retained record (duplicates, never a gap).
+``offset_at_deep`` asks JetStream for older times (a consumer started by time:
+the server's receive time of each message, which is when the leader published
+it).
 
 Until the stream is set up (NATS unreachable at start) the log is not
 ``ready``: the hub answers consumers 503.
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 from collections import OrderedDict, deque
@@ -224,6 +227,19 @@ class JetStreamLog:
             found = self._tail.at_time(unix_time)
             return self._next if found is None else found
         return self.oldest
+
+    async def offset_at_deep(self, unix_time: float) -> int:
+        """``offset_at``, exact also before the tail: the first record JetStream stored at
+        or after ``unix_time`` (a consumer started by time). The oldest retained record
+        when JetStream cannot be asked."""
+        if self._tail and self._tail.front.received_at <= unix_time:
+            return self.offset_at(unix_time)
+        try:
+            found = await self.node.bridge.call(self._a_seq_at_time, unix_time)
+        except NatsUnavailable as exc:
+            log.warning("stream %s: since=: JetStream not asked (%s); from the oldest record", self.name, exc)
+            return self.oldest
+        return min(max(found, self.oldest), self._next) if found is not None else self._next
 
     def received_at(self, offset: int) -> float | None:
         i = self._tail.find(offset)
@@ -476,6 +492,18 @@ class JetStreamLog:
             await ack_sub.unsubscribe()
         await sub.unsubscribe()
 
+    async def _a_seq_at_time(self, unix_time: float) -> int | None:
+        reader: _Reader | None = None
+        try:
+            reader = await _Reader.open(self.node, self.stream_name, 0, start_time=unix_time)
+            got = await reader.fetch(1, FETCH_TIMEOUT)
+        except Exception as exc:
+            raise NatsUnavailable(_describe(exc)) from None
+        finally:
+            if reader is not None:
+                await reader.close()
+        return got[0][0] if got else None
+
     async def _a_fetch(self, start: int, count: int) -> list[Delivered]:
         """Up to ``count`` messages from sequence ``start`` on. A reader that stopped
         right before ``start`` (the previous block of a sequential replay) is reused;
@@ -574,12 +602,23 @@ class _Reader:
         self._done = asyncio.Event()
 
     @classmethod
-    async def open(cls, node: ClusterNode, stream: str, start: int) -> _Reader:
+    async def open(
+        cls, node: ClusterNode, stream: str, start: int, start_time: float | None = None
+    ) -> _Reader:
+        if start_time is None:
+            where: dict[str, Any] = {
+                "deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE,
+                "opt_start_seq": start,
+            }
+        else:
+            where = {
+                "deliver_policy": api.DeliverPolicy.BY_START_TIME,
+                "opt_start_time": datetime.datetime.fromtimestamp(start_time, datetime.UTC),
+            }
         info = await node.js.add_consumer(
             stream,
             config=api.ConsumerConfig(
-                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=start,
+                **where,
                 ack_policy=api.AckPolicy.NONE,
                 inactive_threshold=READER_INACTIVE_SECONDS,
                 mem_storage=True,

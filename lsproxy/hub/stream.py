@@ -226,6 +226,14 @@ class StreamHub:
             self.last_seen[lease.name] = time.time()
         return sub
 
+    async def offset_since(self, unix_time: float) -> int:
+        """since=: the first offset received at or after ``unix_time``. A log that can look
+        beyond what it holds in memory (cluster mode: JetStream) is asked to."""
+        deep = getattr(self.log, "offset_at_deep", None)
+        if deep is not None:
+            return int(await deep(unix_time))
+        return self.log.offset_at(unix_time)
+
     async def claim_share(self, sub: Subscription) -> bool:
         """Cluster mode: claim a group member's share cluster-wide; False when a member on
         another node holds it (unsubscribe, and subscribe again for another share)."""

@@ -110,7 +110,7 @@ async def _asked_start(hub: StreamHub, request: StreamRequest) -> tuple[int | No
         found = await find_hit(hub, request.after)
         return (None, "not-found") if found is None else (found + 1, "exact")
     if request.since is not None:
-        return hub.log.offset_at(request.since), None
+        return await hub.offset_since(request.since), None
     return None, None
 
 

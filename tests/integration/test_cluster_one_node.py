@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
+import time
 
 import httpx
 import pytest
@@ -142,6 +143,50 @@ async def test_group_membership_is_cluster_wide_across_two_nodes() -> None:
                 assert not set(again.seqs()) & set(second.seqs())
                 for reader in (second, again):
                     await reader.aclose()
+                for proxy in proxies:
+                    proxy.request_shutdown()
+            for config in configs:
+                shutil.rmtree(config.storage.dir, ignore_errors=True)
+
+
+async def test_since_before_a_nodes_tail_is_exact_and_a_new_named_cursor_moves_at_once() -> None:
+    """A node started later holds nothing older in memory: since= is still mapped to the
+    record JetStream stored at that time (the same offset the first node answers from its
+    tail), and a named consumer first seen on one node resumes on the other at once."""
+    with nats_cluster(1) as nats:
+        async with running(sim_settings(), start_proxy=False) as (sim, _):
+            configs = [cluster_config(sim, nats.urls, name) for name in ("node-a", "node-b")]
+            async with trio.open_nursery() as nursery:
+                proxies = [Proxy(config) for config in configs]
+                a = (await nursery.start(proxies[0].run))[0][1]
+                with trio.fail_after(15):
+                    while (await get(a, "/readyz")).status_code != 200:
+                        await trio.sleep(0.1)
+                first = await StreamReader(a, "/api/1/stream/s1").connect()
+                await first.read_records(100, timeout=10)
+                since = time.time()
+                await first.read_records(250, timeout=10)
+                await first.aclose()
+                b = (await nursery.start(proxies[1].run))[0][1]
+                with trio.fail_after(15):
+                    while (await get(b, "/readyz")).status_code != 200:
+                        await trio.sleep(0.1)
+                offsets = []
+                for port in (a, b):
+                    reader = await StreamReader(port, f"/api/1/stream/s1?since={since:.3f}").connect()
+                    offsets.append(int(reader.response_headers["x-lsproxy-offset"]))
+                    await reader.aclose()
+                assert offsets[0] > 50 and offsets[1] == offsets[0], offsets
+
+                mover = await StreamReader(a, "/api/1/stream/s1?consumer=early").connect()
+                await mover.read_records(20, timeout=10)
+                await mover.aclose()
+                left_at = max(mover.seqs())
+                await trio.sleep(0.5)  # less than the cursors' save interval
+                moved = await StreamReader(b, "/api/1/stream/s1?consumer=early").connect()
+                await moved.read_records(5, timeout=10)
+                assert min(moved.seqs()) <= left_at + 1
+                await moved.aclose()
                 for proxy in proxies:
                     proxy.request_shutdown()
             for config in configs:
