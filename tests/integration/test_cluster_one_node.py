@@ -71,6 +71,16 @@ async def test_one_node_end_to_end_records_flow_through_jetstream() -> None:
                 js = cluster["jetstream"]["s1"]
                 assert js["jetstream_stream"] == "LSPROXY_s1" and js["state"]["last_seq"] >= 1
                 assert status["streams"]["s1"]["state"] == "streaming"
+                metrics = (await get(p.port, "/metrics")).text
+                for line in (
+                    'lsproxy_cluster_node_info{node="solo"} 1.0',
+                    "lsproxy_cluster_nats_connected 1.0",
+                    "lsproxy_cluster_leases_held 1.0",
+                    'lsproxy_cluster_lease_held{connection="1",stream="s1"} 1.0',
+                    'lsproxy_jetstream_ready{stream="s1"} 1.0',
+                ):
+                    assert line in metrics, line
+                assert 'lsproxy_jetstream_last_sequence{stream="s1"}' in metrics
                 # A consumer replaying from the first offset reads older records from JetStream.
                 replay = await StreamReader(p.port, "/api/1/stream/s1?reset=smallest").connect()
                 await replay.read_records(200, timeout=15)
