@@ -4,12 +4,13 @@ Prints each record's hit sequence number (``hitIdLow - 2**60``) on stdout, one
 line per record, written unbuffered *after* the record is processed, so a
 SIGKILL can only lose records that were never reported as processed. With
 ``--visitors`` each line is ``<seq>,<visIdHigh>:<visIdLow>`` (a consumer
-group worker that keeps per-visitor state).
+group worker that keeps per-visitor state). With ``--ready`` it says
+``connected`` on stderr once the proxy accepted it (status 200).
 
 A refused connection exits with status 2 after printing the status and body on
 stderr (a group's fifth worker gets 409).
 
-usage: py_consumer.py URL [--header NAME:VALUE]... [--visitors]
+usage: py_consumer.py URL [--header NAME:VALUE]... [--visitors] [--ready]
 """
 
 import http.client
@@ -38,6 +39,8 @@ def main() -> int:
     if response.status != 200:
         print(f"status {response.status} {response.read().decode(errors='replace')}", file=sys.stderr)
         return 2
+    if "--ready" in args:
+        print("connected", file=sys.stderr, flush=True)
     gz = response.getheader("Content-Encoding") == "gzip"
     inflater = zlib.decompressobj(31)
     tail = b""

@@ -4,6 +4,7 @@ SIGKILLed members, N changes; anonymous consumers resuming by x-api-key."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ import trio
 
 from lsproxy.app import Proxy
 from lsproxy.simulator import SimSettings, SimStream
-from tests.harness import ProxyUnderTest, StreamReader, proxy_config, running, seq_of
+from tests.harness import ProxyUnderTest, SimUnderTest, StreamReader, proxy_config, running, seq_of
 
 CLIENTS = Path(__file__).parent.parent / "clients"
 WORKER = [sys.executable, str(CLIENTS / "py_consumer.py")]
@@ -28,17 +29,24 @@ def lines_of(path: Path) -> list[tuple[int, str]]:
 
 
 async def start_worker(url: str, out: Path, *args: str) -> trio.Process:
-    """A worker appending to ``out``; retried while refused (a dead member's share is freed
-    when the proxy has seen its connection close: at once on loopback, but not before)."""
-    with trio.fail_after(10):
+    """A worker appending to ``out``, returned once the proxy accepted it (it says so on
+    stderr); retried while refused: a dead member's share is freed when the proxy has seen
+    its connection close (at once on loopback, but not before, and later under load)."""
+    with trio.fail_after(20):
         while True:
             with out.open("ab") as sink:
-                process = await trio.lowlevel.open_process([*WORKER, url, "--visitors", *args], stdout=sink)
-            with trio.move_on_after(0.3):
-                await process.wait()
-            if process.returncode is None:
+                process = await trio.lowlevel.open_process(
+                    [*WORKER, url, "--visitors", "--ready", *args], stdout=sink, stderr=subprocess.PIPE
+                )
+            assert process.stderr is not None
+            said = b""
+            while b"\n" not in said and (data := await process.stderr.receive_some()):
+                said += data
+            await process.stderr.aclose()
+            if said.startswith(b"connected"):
                 return process
-            assert process.returncode == 2
+            await process.wait()
+            assert process.returncode == 2, said
             await trio.sleep(0.1)
 
 
@@ -61,16 +69,31 @@ async def last_seq(proxy: ProxyUnderTest) -> int:
     return seq_of(batch.data.split(b"\r\n")[0])
 
 
-async def wait_until_complete(proxy: ProxyUnderTest, files: Sequence[Path]) -> list[set[int]]:
-    """Every record the proxy had now has reached some worker; the seqs each file saw."""
-    target = await last_seq(proxy)
+async def stop_the_stream(sim: SimUnderTest, proxy: ProxyUnderTest) -> int:
+    """The simulator stops producing; once the proxy holds every hit it produced, the last
+    hit's seq. Without this the workers, killed one by one, would leave a ragged tail:
+    a record of a share whose worker is already dead, followed by records the others
+    still received."""
+    sim.sim.set_rate("s1", 0)
+    last = sim.stream_stats()["produced"] - 1
+    with trio.fail_after(15):
+        while await last_seq(proxy) < last:
+            await trio.sleep(0.05)
+    return last
+
+
+async def wait_until_complete(
+    proxy: ProxyUnderTest, files: Sequence[Path], target: int | None = None
+) -> None:
+    """Every record up to ``target`` (default: all the proxy has now) has reached some worker."""
+    if target is None:
+        target = await last_seq(proxy)
 
     def complete() -> bool:
         union = {s for f in files for s, _ in lines_of(f)}
         return bool(union) and set(range(min(union), target + 1)) <= union
 
     await wait_for(complete)
-    return [{s for s, _ in lines_of(f)} for f in files]
 
 
 def assert_disjoint_with_affinity(files: Sequence[Path]) -> None:
@@ -90,7 +113,7 @@ def assert_disjoint_with_affinity(files: Sequence[Path]) -> None:
 async def test_four_workers_split_the_stream_by_visitor_and_a_killed_one_continues(
     tmp_path: Path, named: bool
 ) -> None:
-    async with running() as (_sim, proxy):
+    async with running() as (sim, proxy):
         assert proxy is not None
         query = "maxConnections=4" + ("&consumer=workers" if named else "")
         url = proxy.url("s1", query)
@@ -114,18 +137,19 @@ async def test_four_workers_split_the_stream_by_visitor_and_a_killed_one_continu
         await workers[2].wait()
         workers[2] = await start_worker(url, files[2])
         await wait_for(lambda: len(lines_of(files[2])) > before[2] + 20)
-        await wait_until_complete(proxy, files)
+        last = await stop_the_stream(sim, proxy)
+        await wait_until_complete(proxy, files, last)
         assert all(w.returncode is None for w in workers)  # the others were never disturbed
         assert_disjoint_with_affinity(files)
         for w in workers:
             w.kill()
             await w.wait()
     union = sorted({s for f in files for s, _ in lines_of(f)})
-    assert union == list(range(union[0], union[-1] + 1))  # nothing skipped, the killed share included
+    assert union == list(range(union[0], last + 1))  # nothing skipped, the killed share included
 
 
 async def test_a_group_changing_its_size_after_all_left_skips_nothing(tmp_path: Path) -> None:
-    async with running() as (_sim, proxy):
+    async with running() as (sim, proxy):
         assert proxy is not None
         old = [tmp_path / f"old{i}.txt" for i in range(2)]
         workers = [await start_worker(proxy.url("s1", "maxConnections=2&consumer=g"), f) for f in old]
@@ -137,13 +161,14 @@ async def test_a_group_changing_its_size_after_all_left_skips_nothing(tmp_path: 
         new = [tmp_path / f"new{i}.txt" for i in range(3)]
         url = proxy.url("s1", "maxConnections=3&consumer=g")
         workers = [await start_worker(url, f) for f in new]
-        await wait_until_complete(proxy, old + new)
+        last = await stop_the_stream(sim, proxy)
+        await wait_until_complete(proxy, old + new, last)
         assert_disjoint_with_affinity(new)
         for w in workers:
             w.kill()
             await w.wait()
     union = sorted({s for f in old + new for s, _ in lines_of(f)})
-    assert union == list(range(union[0], union[-1] + 1))
+    assert union == list(range(union[0], last + 1))
 
 
 async def test_anonymous_client_with_an_api_key_resumes_after_a_restart(tmp_path: Path) -> None:

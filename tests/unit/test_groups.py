@@ -17,7 +17,12 @@ class Stream:
         self.oldest, self.tail, self.now = oldest, tail, 1000.0
 
     def join(
-        self, consumer: str | None, shares: int, reset: Reset | None = None, start_at: int | None = None
+        self,
+        consumer: str | None,
+        shares: int,
+        reset: Reset | None = None,
+        start_at: int | None = None,
+        window_bytes: int = 0,
     ) -> Membership:
         return self.groups.join(
             consumer,
@@ -25,7 +30,7 @@ class Stream:
             reset=reset,
             oldest=self.oldest,
             tail=self.tail,
-            window_bytes=0,
+            window_bytes=window_bytes,
             now=self.now,
             start_at=start_at,
         )
@@ -72,6 +77,30 @@ def test_a_reconnecting_member_takes_the_free_share_and_continues_it() -> None:
     again = s.join("g", 3)
     assert again.share == b.share and again.lease.start == 150
     assert s.book.is_current(a.lease) and s.book.is_current(c.lease)  # nobody else moved
+
+
+def test_a_killed_members_share_rewinds_over_bytes_in_flight_and_its_old_lease_moves_nothing() -> None:
+    s = Stream()
+    a, b = s.join("g", 2, window_bytes=1000), s.join("g", 2, window_bytes=1000)
+    s.tail = 400
+    for end in (150, 200, 250):  # 500 wire bytes each: the last two may still be in flight
+        s.book.sent(a.lease, end, 500)
+    s.leave(a.lease)  # SIGKILLed
+    assert s.positions("g", 2)[a.share] == 150
+    again = s.join("g", 2, window_bytes=1000)
+    assert again.share == a.share and again.lease.start == 150
+    # The old connection's late reports (its lease is stale) move nothing the new member holds.
+    assert not s.book.sent(a.lease, 390, 10)
+    s.leave(a.lease)
+    assert s.book.is_current(again.lease) and s.book.get(share_name("g", a.share, 2)).current == 150  # type: ignore[union-attr]
+    s.book.sent(b.lease, 300, 2000)
+    s.book.sent(b.lease, 320, 2000)
+    s.leave(b.lease)
+    s.book.sent(again.lease, 260, 50)
+    s.leave(again.lease)
+    assert (a.share, b.share) == (0, 1) and s.positions("g", 2) == [150, 300]
+    new = s.join("g", 3)  # a new N starts at the lowest rewind point, not at what was sent
+    assert new.lease.start == 150 and s.positions("g", 3) == [150, 150, 150]
 
 
 def test_a_share_without_member_keeps_its_position() -> None:

@@ -13,8 +13,11 @@ import pytest
 from lsproxy.cli import configure_logging
 from lsproxy.config import ServerConfig, parse_config
 from lsproxy.errors import ConfigError
+from lsproxy.secret import Secret
 
 SECRET = "s3cret-token-value-42"
+# A live Secret is what the log filter masks (lsproxy.secret keeps the registry).
+HELD = Secret(SECRET)
 
 
 @pytest.fixture
@@ -52,7 +55,7 @@ def emit_samples() -> None:
 
 
 def test_json_lines_parse_and_carry_the_structured_fields(stderr: io.StringIO) -> None:
-    configure(stderr, "info", [SECRET], log_format="json")
+    configure(stderr, "info", log_format="json")
     emit_samples()
     lines = [json.loads(line) for line in stderr.getvalue().splitlines()]
     assert len(lines) == 3
@@ -72,7 +75,7 @@ def test_json_lines_parse_and_carry_the_structured_fields(stderr: io.StringIO) -
 
 
 def test_text_lines_are_filtered_too(stderr: io.StringIO) -> None:
-    configure(stderr, "info", [SECRET])
+    configure(stderr, "info")
     emit_samples()
     text = stderr.getvalue()
     assert SECRET not in text

@@ -83,7 +83,7 @@ def test_operator_endpoints() -> None:
     assert route("/?refresh=1", method=b"HEAD") == EndpointRequest("", head=True)
     assert route("/static/app.js") == EndpointRequest("static/app.js", head=False)
     assert route("/rates") == EndpointRequest("rates", head=False)
-    assert route("/", method=b"POST") == ErrorReply(405, "method_not_allowed", "/ accepts GET only")
+    assert route("/", method=b"POST") == ErrorReply(405, "method_not_allowed", "/ accepts GET and HEAD only", allow=b"GET, HEAD")
     assert route("/static/other.js").status == 404  # type: ignore[union-attr]
 
 

@@ -116,10 +116,14 @@ function renderStream(name, snap, rates, receivedAt) {
   }
   if (!consumers.length) consumerBody.appendChild(row(["no consumers", "", "", "", "", "", ""]));
 
-  // Consumer groups do not exist yet; when /status gains them, they are listed here.
+  // Consumer groups (maxConnections 2..8): members connected of N, and the worst share's lag.
   const groups = Array.isArray(snap.groups) ? snap.groups : [];
   set(section, "groups", groups.length
-    ? groups.map((g) => `${g.name || g.id}: lag ${fmt(g.lag)}`).join("; ")
+    ? groups.map((g) => {
+        const lags = (g.shares || []).map((x) => x.lag || 0);
+        const worst = lags.length ? Math.max(...lags) : 0;
+        return `${g.id === null ? "(anonymous)" : g.id}: ${g.members}/${g.connections} members, lag ${fmt(worst)}`;
+      }).join("; ")
     : "no consumer groups");
 
   const errors = field(section, "errors");
