@@ -57,12 +57,14 @@ class ClusterMode:
         its group members."""
         jslog = hub.log
         assert isinstance(jslog, JetStreamLog)
+        claims = ShareClaims(self.node, hub)
+        claims.install()  # before consumers are served: every member's share is claimed
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(jslog.run)
                 await jslog.ready.wait()
                 nursery.start_soon(CursorSync(self.node, hub).run)
-                nursery.start_soon(ShareClaims(self.node, hub).run)
+                nursery.start_soon(claims.run)
         finally:
             if self.node.logs.get(hub.name) is jslog:
                 del self.node.logs[hub.name]

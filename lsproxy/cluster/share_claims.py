@@ -98,6 +98,8 @@ class ShareClaims:
 
     # -- the task ---------------------------------------------------------------------
     async def run(self) -> None:
+        """Follow the other nodes' claims, renew and release this node's; ``install``
+        first (before any consumer can join: a claim needs no watch)."""
         node = self.node
         await node.ready.wait()
         inbox = node.bridge.inbox()
@@ -112,7 +114,6 @@ class ShareClaims:
             except NatsUnavailable as exc:
                 log.warning("stream %s: cannot watch the group members: %s", self.hub.name, exc)
                 await trio.sleep(1.0)
-        self.install()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow, inbox)
