@@ -5,11 +5,14 @@ Each node writes the named cursors of a stream that changed, at most once per
 connected cursor is saved where a successor may resume without loss), under
 ``<stream>.<consumer>`` in ``lsproxy_cursors``. Each node also watches the
 stream's keys and adopts what *other* nodes wrote, unless one of its own
-connections holds that cursor. So a named consumer that moves from one node to
+connections holds that cursor. A named group's share cursors (``<id>#<k>/<N>``)
+are named cursors and are shared the same way; the anonymous group's shares are
+kept in memory on each node (not persisted, so never written here). So a named consumer that moves from one node to
 another resumes where the first node last saved it: duplicates (up to the
-rewind window plus one save interval), never a gap. A consumer that reconnects
-elsewhere within a save interval of its *first* connection may be unknown
-there and start at the tail, as a new consumer does.
+rewind window plus one save interval), never a gap. A cursor first seen here
+(a consumer's first connection) is saved within ``NEW_CURSOR_CHECK``, so a
+consumer that moves right after its first connection is known on the other
+node too.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import trio
 
 from lsproxy.cluster import names
 from lsproxy.cluster.node import ClusterNode, NatsUnavailable
+from lsproxy.hub.groups import ANONYMOUS
 from lsproxy.hub.stream import StreamHub
 
 log = logging.getLogger("lsproxy.cluster")
 
 SAVE_INTERVAL = 1.0
+NEW_CURSOR_CHECK = 0.1  # a named cursor first seen here is saved within this
 
 
 def encode_cursor(name: str, position: int, skipped: int, node: str) -> bytes:
@@ -76,9 +81,12 @@ class CursorSync:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._adopt, inbox)
+                saved_at = -float("inf")
                 while True:
-                    await self.save()
-                    await trio.sleep(SAVE_INTERVAL)
+                    if trio.current_time() - saved_at >= SAVE_INTERVAL or self._unsaved_names():
+                        saved_at = trio.current_time()
+                        await self.save()
+                    await trio.sleep(NEW_CURSOR_CHECK)
         finally:
             with trio.move_on_after(2, shield=True):
                 await self.save()
@@ -96,9 +104,15 @@ class CursorSync:
                 name, position, skipped, writer = found
                 if writer == self.node.name:
                     continue  # our own write coming back
+                if name.startswith(ANONYMOUS + "#"):
+                    continue  # the anonymous group's shares are this node's own (never written)
                 if self.hub.book.adopt(name, position, skipped, self.hub.clock()):
                     self._saved[name] = (position, skipped)
                     self.adopted += 1
+
+    def _unsaved_names(self) -> bool:
+        """A named cursor never saved from here (a consumer's first connection)."""
+        return any(name not in self._saved for name in self.hub.book.persistent(self.hub.clock()))
 
     async def save(self) -> None:
         """Write the named cursors that changed since the last save."""

@@ -28,7 +28,9 @@ replaying the same stretch share the fetch and its compression. Below the
 stream's first sequence (trimmed by its limits) reads as a skip.
 
 ``offset_at`` (``since=``) is exact while the tail holds the time asked for;
-older times map to the oldest retained record (duplicates, never a gap).
+``offset_at_deep`` asks JetStream for older times (a consumer started by time:
+the server's receive time of each message, which is when the leader published
+it).
 
 Until the stream is set up (NATS unreachable at start) the log is not
 ``ready``: the hub answers consumers 503.
@@ -36,12 +38,15 @@ Until the stream is set up (NATS unreachable at start) the log is not
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime
+import json
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Any
 
-import nats.errors
 import nats.js.errors
 import trio
 from nats.js import api
@@ -51,15 +56,22 @@ from lsproxy.cluster.bridge import Inbox
 from lsproxy.cluster.node import ClusterNode, NatsUnavailable, _describe
 from lsproxy.config import StreamConfig
 from lsproxy.hub.segment import Segment, SegmentRun, Slice, make_segment, slice_segments
+from lsproxy.secret import redact
 
 log = logging.getLogger("lsproxy.cluster")
 
-FETCH_RECORDS = 500  # one read below the tail: an aligned block of this many records
+FETCH_RECORDS = 1000  # one read below the tail: an aligned block of this many records
+FETCH_TIMEOUT = 2.0
+MAX_READERS = 4  # pull consumers kept for sequential replays, per stream per node
+READER_REUSE_SECONDS = 5.0  # an idle reader is used again within this ...
+READER_INACTIVE_SECONDS = 15.0  # ... well before the server deletes it
 CACHE_BYTES = 32 * 1024 * 1024
 SEGMENT_RECORDS = 1000  # the feeder cuts segments at this many records ...
 SEGMENT_BYTES = 256 * 1024  # ... or bytes
-PUBLISH_BATCH = 2000  # records per hand-off to the bridge
-PUBLISH_TIMEOUT = 10.0
+PUBLISH_BATCH = 2000  # at most this many records per hand-off to the bridge ...
+PUBLISH_BATCH_BYTES = 4 * 1024 * 1024  # ... and about this many bytes
+PUBLISH_PIPELINE = 3  # batches sent and awaiting their acks at once
+PUBLISH_TIMEOUT = 10.0  # for sending a batch, and for its acks
 INFO_INTERVAL = 1.0  # how often the stream's state (first sequence, bytes) is refreshed
 DROP_LOG_INTERVAL = 10.0
 
@@ -94,6 +106,8 @@ class JetStreamLog:
         self._pending_bytes = 0
         self._buffer_bytes = buffer_bytes
         self._publish_wake = trio.Event()
+        self._in_flight: deque[tuple[int, int]] = deque()  # (batch id, records), oldest first
+        self._unsent = 0  # how many of the queue's first records are in flight
         self.published = 0
         self.dropped = 0
         self._drops_unlogged = 0
@@ -101,6 +115,12 @@ class JetStreamLog:
         self.publish_error: str | None = None
         self.state: dict[str, Any] = {}
         self.follower_resets = 0
+        # the asyncio side's publishing state (touched only on the bridge's loop)
+        self._ack_sub: Any = None
+        self._ack_prefix = ""
+        self._ack_batch = 0
+        self._ack_waiters: dict[int, _AckWaiter] = {}
+        self._readers: dict[int, _Reader] = {}  # by the sequence each would read next
 
     # -- StreamLog's properties ------------------------------------------------------
     @property
@@ -208,6 +228,19 @@ class JetStreamLog:
             return self._next if found is None else found
         return self.oldest
 
+    async def offset_at_deep(self, unix_time: float) -> int:
+        """``offset_at``, exact also before the tail: the first record JetStream stored at
+        or after ``unix_time`` (a consumer started by time). The oldest retained record
+        when JetStream cannot be asked."""
+        if self._tail and self._tail.front.received_at <= unix_time:
+            return self.offset_at(unix_time)
+        try:
+            found = await self.node.bridge.call(self._a_seq_at_time, unix_time)
+        except NatsUnavailable as exc:
+            log.warning("stream %s: since=: JetStream not asked (%s); from the oldest record", self.name, exc)
+            return self.oldest
+        return min(max(found, self.oldest), self._next) if found is not None else self._next
+
     def received_at(self, offset: int) -> float | None:
         i = self._tail.find(offset)
         if i is None or self._tail.first_of(i) > offset:
@@ -310,31 +343,65 @@ class JetStreamLog:
             await self._publish_wake.wait()
             self._publish_wake = trio.Event()
             while self._pending:
-                await self._publish_some()
+                await self._publish_step()
 
-    async def _publish_some(self) -> None:
-        batch = [self._pending[i] for i in range(min(PUBLISH_BATCH, len(self._pending)))]
+    async def _publish_step(self) -> None:
+        """Send queued records in batches while fewer than ``PUBLISH_PIPELINE`` batches
+        await their acks, then wait for the oldest batch's acks and take its records
+        off the queue. A failure (an error ack, or no acks within ``PUBLISH_TIMEOUT``)
+        gives up every batch in flight: they are sent again from the queue's front
+        (the ids make that safe; records acked meanwhile come back as duplicates)."""
+        bridge, in_flight = self.node.bridge, self._in_flight
         try:
+            while len(in_flight) < PUBLISH_PIPELINE and self._unsent < len(self._pending):
+                batch = self._next_batch()
+                with trio.fail_after(PUBLISH_TIMEOUT):
+                    batch_id = await bridge.call(self._a_send, batch)
+                in_flight.append((batch_id, len(batch)))
+                self._unsent += len(batch)
+            if not in_flight:
+                return
+            batch_id, count = in_flight[0]
             with trio.fail_after(PUBLISH_TIMEOUT):
-                await self.node.bridge.call(self._a_publish, batch)
+                await bridge.call(self._a_acks, batch_id)
         except (NatsUnavailable, trio.TooSlowError) as exc:
             if self.publish_error is None:
                 log.error("stream %s: publishing to JetStream failed (%s); retrying", self.name, exc)
             self.publish_error = str(exc) or "timed out"
+            given_up = [batch_id for batch_id, _ in in_flight]
+            in_flight.clear()
+            self._unsent = 0
+            with contextlib.suppress(Exception):
+                await bridge.call(self._a_forget, given_up)
             await trio.sleep(0.5)
             return
+        in_flight.popleft()
+        self._unsent -= count
         if self.publish_error is not None:
             log.info("stream %s: publishing to JetStream again", self.name)
             self.publish_error = None
-        for _ in batch:
+        for _ in range(count):
             record, _id = self._pending.popleft()
             self._pending_bytes -= len(record)
-        self.published += len(batch)
+        self.published += count
+
+    def _next_batch(self) -> list[tuple[bytes, str | None]]:
+        """The queued records after those in flight: at most ``PUBLISH_BATCH`` of them."""
+        batch: list[tuple[bytes, str | None]] = []
+        size = 0
+        pending = self._pending
+        for i in range(self._unsent, len(pending)):
+            item = pending[i]
+            batch.append(item)
+            size += len(item[0])
+            if len(batch) >= PUBLISH_BATCH or size >= PUBLISH_BATCH_BYTES:
+                break
+        return batch
 
     async def _flush(self) -> None:
         """At shutdown: publish what is queued (bounded by the caller)."""
         while self._pending and self.publish_error is None:
-            await self._publish_some()
+            await self._publish_step()
 
     async def _poll_info(self) -> None:
         while True:
@@ -417,49 +484,196 @@ class JetStreamLog:
         return sub
 
     async def _a_unfollow(self, sub: Any) -> None:
+        readers, self._readers = list(self._readers.values()), {}
+        for reader in readers:
+            await reader.close()
+        if self._ack_sub is not None:
+            ack_sub, self._ack_sub = self._ack_sub, None
+            await ack_sub.unsubscribe()
         await sub.unsubscribe()
 
-    async def _a_fetch(self, start: int, count: int) -> list[Delivered]:
-        js = self.node.js
+    async def _a_seq_at_time(self, unix_time: float) -> int | None:
+        reader: _Reader | None = None
         try:
-            psub = await js.pull_subscribe(
-                self.subject,
-                stream=self.stream_name,
-                config=api.ConsumerConfig(
-                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                    opt_start_seq=start,
-                    ack_policy=api.AckPolicy.NONE,
-                    inactive_threshold=10.0,
-                    mem_storage=True,
-                    num_replicas=1,
-                ),
-            )
-        except Exception as exc:
-            raise NatsUnavailable(_describe(exc)) from None
-        try:
-            msgs = await psub.fetch(count, timeout=2.0)
-        except nats.errors.TimeoutError:
-            msgs = []
+            reader = await _Reader.open(self.node, self.stream_name, 0, start_time=unix_time)
+            got = await reader.fetch(1, FETCH_TIMEOUT)
         except Exception as exc:
             raise NatsUnavailable(_describe(exc)) from None
         finally:
-            try:
-                await psub.unsubscribe()
-            except Exception as exc:
-                log.debug("fetch unsubscribe: %s", _describe(exc))
-        return [(*_seq_and_time(m), m.data) for m in msgs]
+            if reader is not None:
+                await reader.close()
+        return got[0][0] if got else None
 
-    async def _a_publish(self, batch: list[tuple[bytes, str | None]]) -> None:
-        js = self.node.js
+    async def _a_fetch(self, start: int, count: int) -> list[Delivered]:
+        """Up to ``count`` messages from sequence ``start`` on. A reader that stopped
+        right before ``start`` (the previous block of a sequential replay) is reused;
+        otherwise a new one starts there."""
+        now = asyncio.get_running_loop().time()
+        reader = self._readers.pop(start, None)
+        if reader is not None and now - reader.used_at > READER_REUSE_SECONDS:
+            await reader.close()
+            reader = None
         try:
-            futures = []
+            if reader is None:
+                reader = await _Reader.open(self.node, self.stream_name, start)
+            got = await reader.fetch(count, FETCH_TIMEOUT)
+        except Exception as exc:
+            if reader is not None:
+                await reader.close()
+            raise NatsUnavailable(_describe(exc)) from None
+        reader.used_at = now
+        if got:
+            self._readers[got[-1][0] + 1] = reader
+            while len(self._readers) > MAX_READERS:
+                await self._readers.pop(next(iter(self._readers))).close()
+        else:
+            await reader.close()
+        return got
+
+    async def _a_send(self, batch: list[tuple[bytes, str | None]]) -> int:
+        """Publish ``batch`` in order without waiting; the batch's id for ``_a_acks``.
+        The acks come to one wildcard inbox of this log and are only counted (a PubAck
+        starts ``{"stream"``; anything else, an error or a no-responders status, fails
+        the batch): ``publish_async`` parses each ack's JSON and keeps a future per
+        message, which costs more than the publishing itself."""
+        nc = self.node.nc
+        try:
+            if self._ack_sub is None:
+                self._ack_prefix = nc.new_inbox()
+                self._ack_sub = await nc.subscribe(
+                    self._ack_prefix + ".*", cb=self._a_on_ack, pending_msgs_limit=1_000_000
+                )
+            self._ack_batch += 1
+            batch_id = self._ack_batch
+            self._ack_waiters[batch_id] = _AckWaiter(len(batch))
+            reply = f"{self._ack_prefix}.{batch_id}"
+            subject, header = self.subject, names.MSG_ID_HEADER
             for record, msg_id in batch:
-                headers = {names.MSG_ID_HEADER: msg_id} if msg_id is not None else None
-                futures.append(await js.publish_async(self.subject, record, headers=headers, wait_stall=5.0))
-            for future in futures:
-                await future  # PubAck; an error response raises
+                headers = {header: msg_id} if msg_id is not None else None
+                await nc.publish(subject, record, reply=reply, headers=headers)
         except Exception as exc:
             raise NatsUnavailable(_describe(exc)) from None
+        return batch_id
+
+    async def _a_acks(self, batch_id: int) -> None:
+        """Wait for every ack of batch ``batch_id``."""
+        waiter = self._ack_waiters[batch_id]
+        try:
+            await waiter.done.wait()
+        finally:
+            self._ack_waiters.pop(batch_id, None)
+        if waiter.error is not None:
+            raise NatsUnavailable(f"JetStream refused a record: {waiter.error}")
+
+    async def _a_forget(self, batch_ids: list[int]) -> None:
+        for batch_id in batch_ids:
+            self._ack_waiters.pop(batch_id, None)
+
+    async def _a_on_ack(self, msg: Any) -> None:
+        try:
+            waiter = self._ack_waiters.get(int(msg.subject.rsplit(".", 1)[1]))
+        except ValueError:
+            return
+        if waiter is None:
+            return  # a batch given up on (timed out, cancelled)
+        data = msg.data
+        if not data.startswith(b'{"stream"') and waiter.error is None:
+            status = (msg.headers or {}).get("Status", "")
+            waiter.error = redact(data[:200].decode("utf-8", "replace")) or f"status {status}"
+        waiter.left -= 1
+        if waiter.left <= 0:
+            waiter.done.set()
+
+
+class _Reader:
+    """An ephemeral pull consumer read with explicit pull requests into a callback
+    (asyncio side): ``fetch`` of nats-py waits for each message with a timeout of its
+    own, which costs more than the message."""
+
+    def __init__(self, node: ClusterNode, stream: str, consumer: str) -> None:
+        self.node = node
+        self.stream = stream
+        self.consumer = consumer
+        self.used_at = 0.0
+        self.sub: Any = None
+        self.inbox = ""
+        self._got: list[Delivered] = []
+        self._want = 0
+        self._done = asyncio.Event()
+
+    @classmethod
+    async def open(
+        cls, node: ClusterNode, stream: str, start: int, start_time: float | None = None
+    ) -> _Reader:
+        if start_time is None:
+            where: dict[str, Any] = {
+                "deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE,
+                "opt_start_seq": start,
+            }
+        else:
+            where = {
+                "deliver_policy": api.DeliverPolicy.BY_START_TIME,
+                "opt_start_time": datetime.datetime.fromtimestamp(start_time, datetime.UTC),
+            }
+        info = await node.js.add_consumer(
+            stream,
+            config=api.ConsumerConfig(
+                **where,
+                ack_policy=api.AckPolicy.NONE,
+                inactive_threshold=READER_INACTIVE_SECONDS,
+                mem_storage=True,
+                num_replicas=1,
+            ),
+        )
+        reader = cls(node, stream, info.name)
+        reader.inbox = node.nc.new_inbox()
+        reader.sub = await node.nc.subscribe(reader.inbox, cb=reader._on_msg, pending_msgs_limit=1_000_000)
+        return reader
+
+    async def fetch(self, count: int, timeout: float) -> list[Delivered]:
+        self._got, self._want = [], count
+        self._done.clear()
+        request = json.dumps({"batch": count, "no_wait": True}).encode()
+        subject = (
+            f"{getattr(self.node.js, '_prefix', '$JS.API')}.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}"
+        )
+        await self.node.nc.publish(subject, request, reply=self.inbox)
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        except TimeoutError:
+            if not self._got:
+                raise
+        got, self._got, self._want = self._got, [], 0
+        return got
+
+    async def _on_msg(self, msg: Any) -> None:
+        if not self._want:
+            return  # late, for a fetch that gave up
+        if msg.headers and msg.headers.get("Status"):
+            self._done.set()  # 404 no messages, 408 request done: that is all there is
+            return
+        self._got.append((*_seq_and_time(msg), msg.data))
+        if len(self._got) >= self._want:
+            self._done.set()
+
+    async def close(self) -> None:
+        try:
+            if self.sub is not None:
+                await self.sub.unsubscribe()
+            await self.node.js.delete_consumer(self.stream, self.consumer)
+        except Exception as exc:
+            log.debug("closing a reader: %s", _describe(exc))
+
+
+class _AckWaiter:
+    """The acks still awaited for one published batch (asyncio side)."""
+
+    __slots__ = ("done", "error", "left")
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.error: str | None = None
+        self.done = asyncio.Event()
 
 
 def _contiguous(got: list[Delivered]) -> list[Delivered]:

@@ -18,6 +18,7 @@ from lsproxy.cluster import names
 from lsproxy.cluster.cursor_sync import CursorSync
 from lsproxy.cluster.jslog import JetStreamLog
 from lsproxy.cluster.node import ClusterNode
+from lsproxy.cluster.share_claims import ShareClaims
 from lsproxy.cluster.slots import SlotRunner, Supervise
 from lsproxy.config import ClusterConfig, StorageConfig, StreamConfig
 from lsproxy.hub.journal_rule import upstream_key
@@ -52,14 +53,18 @@ class ClusterMode:
         return None
 
     async def run_stream(self, hub: StreamHub) -> None:
-        """Follow and publish the stream's JetStream stream, share its named cursors."""
+        """Follow and publish the stream's JetStream stream, share its named cursors and
+        its group members."""
         jslog = hub.log
         assert isinstance(jslog, JetStreamLog)
+        claims = ShareClaims(self.node, hub)
+        claims.install()  # before consumers are served: every member's share is claimed
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(jslog.run)
                 await jslog.ready.wait()
                 nursery.start_soon(CursorSync(self.node, hub).run)
+                nursery.start_soon(claims.run)
         finally:
             if self.node.logs.get(hub.name) is jslog:
                 del self.node.logs[hub.name]

@@ -23,6 +23,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
 from lsproxy.hub.dedup import hit_id
@@ -32,6 +33,7 @@ SUBJECT_PREFIX = "lsproxy.records."
 LEASE_BUCKET = "lsproxy_leases"
 JOURNAL_BUCKET = "lsproxy_journal"
 CURSOR_BUCKET = "lsproxy_cursors"
+MEMBER_BUCKET = "lsproxy_members"  # consumer group shares held, <stream>.<share cursor>: TTL lease_ttl
 MSG_ID_HEADER = "Nats-Msg-Id"
 #: The most the server keeps ids for (about 190 B of server memory each): reconnect
 #: backfills and overlapping leaders are seconds to a minute or two apart.
@@ -49,6 +51,29 @@ def escape(part: str) -> str:
         else:
             out.extend(f"={b:02X}" for b in ch.encode())
     return "".join(out)
+
+
+def unescape(escaped: str) -> str | None:
+    """The inverse of ``escape``; None for text ``escape`` cannot have written."""
+    out = bytearray()
+    i = 0
+    while i < len(escaped):
+        ch = escaped[i]
+        if ch == "=":
+            try:
+                out.append(int(escaped[i + 1 : i + 3], 16))
+            except ValueError:
+                return None
+            i += 3
+        elif _PLAIN.fullmatch(ch):
+            out += ch.encode()
+            i += 1
+        else:
+            return None
+    try:
+        return out.decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def stream_name(stream: str) -> str:
@@ -79,3 +104,17 @@ def duplicate_window(dedup_window_seconds: float) -> float:
     """The stream's duplicate window: the configured one, capped; 1 s at least (0 is
     the server's 2 minutes)."""
     return max(1.0, min(dedup_window_seconds, MAX_DUPLICATE_WINDOW))
+
+
+def member_value(node: str) -> bytes:
+    """The member bucket's value: the node whose member holds the share."""
+    return json.dumps({"node": node}).encode()
+
+
+def member_node(value: bytes) -> str:
+    try:
+        body = json.loads(value)
+    except (ValueError, RecursionError):
+        return "?"
+    node = body.get("node") if isinstance(body, dict) else None
+    return node if isinstance(node, str) else "?"

@@ -181,6 +181,9 @@ class ClusterNode:
             self._kv[names.LEASE_BUCKET] = leases
             self._kv[names.JOURNAL_BUCKET] = await self._a_bucket(names.JOURNAL_BUCKET, replicas)
             self._kv[names.CURSOR_BUCKET] = await self._a_bucket(names.CURSOR_BUCKET, replicas)
+            self._kv[names.MEMBER_BUCKET] = await self._a_bucket(
+                names.MEMBER_BUCKET, replicas, ttl=self.lease_ttl
+            )
         except NatsUnavailable:
             raise
         except Exception as exc:
@@ -279,10 +282,74 @@ class ClusterNode:
         except Exception as exc:
             log.debug("stopping a KV watch: %s", _describe(exc))
 
+    # -- asyncio side: consumer group shares held (for share_claims.py) -----------------
+    async def a_member_claim(self, key: str, value: bytes) -> tuple[int | None, str]:
+        """(revision, "") when this node now holds ``key``; (None, holder) when another
+        node does. A key left by this node (its member gone without a release) is
+        taken back."""
+        kv = self._kv[names.MEMBER_BUCKET]
+        try:
+            try:
+                return int(await kv.create(key, value)), ""
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await kv.get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return int(await kv.create(key, value)), ""
+            holder = names.member_node(bytes(entry.value or b""))
+            if holder != self.name:
+                return None, holder
+            return int(await kv.update(key, value, last=entry.revision)), ""
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None, "?"
+        except Exception as exc:
+            raise NatsUnavailable(_describe(exc)) from None
+
+    async def a_member_renew(self, key: str, value: bytes, revision: int) -> int | None:
+        """The new revision, or None: the key is not ours any more."""
+        try:
+            return int(await self._kv[names.MEMBER_BUCKET].update(key, value, last=revision))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+        except Exception as exc:
+            raise NatsUnavailable(_describe(exc)) from None
+
+    async def a_member_release(self, key: str, revision: int) -> None:
+        try:
+            await self._kv[names.MEMBER_BUCKET].delete(key, last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return
+        except Exception as exc:
+            raise NatsUnavailable(_describe(exc)) from None
+
+    async def a_member_watch(
+        self, prefix: str, deliver: Callable[[str, bytes | None], Awaitable[None]]
+    ) -> Any:
+        """Watch ``<prefix>.>`` of the member bucket: (key, value), (key, None) for a delete."""
+        try:
+            watcher = await self._kv[names.MEMBER_BUCKET].watch(f"{prefix}.>")
+        except Exception as exc:
+            raise NatsUnavailable(_describe(exc)) from None
+
+        async def pump() -> None:
+            async for entry in watcher:
+                if entry is None:
+                    continue  # the end of the initial values
+                deleted = entry.operation is not None or entry.value is None
+                await deliver(entry.key, None if deleted else bytes(entry.value))
+
+        watcher.pump_task = asyncio.get_running_loop().create_task(pump())
+        return watcher
+
     # -- asyncio side: JetStream (for jslog.py) -------------------------------------------
     @property
     def js(self) -> Any:
         return self._js
+
+    @property
+    def nc(self) -> Any:
+        return self._nc
 
 
 def _server_of(nc: Any) -> str | None:

@@ -43,12 +43,18 @@ forgotten by its sweep like any named cursor: the next member of that group
 recreates it at the group's lowest remaining cursor (duplicates, never gaps
 among what is still retained); with all of them gone the group starts afresh.
 
+In cluster mode a share may be held by a member connected to another node:
+``held_elsewhere`` (a predicate the cluster side keeps current) makes such a
+share count as connected in every rule above, so group membership is
+cluster-wide.
+
 All of this is pure book-keeping over the CursorBook: no I/O, no clock (``now``
 is passed in).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +102,7 @@ class GroupBook:
     def __init__(self, book: CursorBook, *, anonymous_linger: float = 300.0) -> None:
         self.book = book
         self.anonymous_linger = anonymous_linger
+        self.held_elsewhere: Callable[[str], bool] = lambda _share: False
         self._anonymous_left_at: float | None = None  # when its last member left
 
     # -- queries ------------------------------------------------------------
@@ -109,10 +116,14 @@ class GroupBook:
                     found.setdefault(shares, {})[share] = cursor
         return found
 
+    def _busy(self, cursor: Cursor) -> bool:
+        """A member holds this share, here or (cluster mode) on another node."""
+        return cursor.connected or self.held_elsewhere(cursor.name)
+
     def _connected_size(self, group: str, found: dict[int, dict[int, Cursor]]) -> int | None:
         """The N the connected members declared (1: the single named consumer), if any."""
         for shares, cursors in found.items():
-            if any(c.connected for c in cursors.values()):
+            if any(self._busy(c) for c in cursors.values()):
                 return shares
         single = self.book.get(group) if group != ANONYMOUS else None
         return 1 if single is not None and single.connected else None
@@ -153,7 +164,7 @@ class GroupBook:
         if connected is not None:
             if connected != shares:
                 raise _mismatch(consumer, shares, connected)
-            if sum(c.connected for c in found[shares].values()) >= shares:
+            if sum(self._busy(c) for c in found[shares].values()) >= shares:
                 raise GroupRefused(
                     "max_connections_reached",
                     f"the maximum number of connections ({shares}) for {_describe(consumer)} is reached",
@@ -175,7 +186,7 @@ class GroupBook:
             # Some shares were forgotten (expired): they restart at the group's lowest cursor.
             low = min(c.position for c in mine.values())
             self._create(group, shares, [k for k in range(shares) if k not in mine], low, now)
-        share = next(k for k in range(shares) if k not in mine or not mine[k].connected)
+        share = next(k for k in range(shares) if k not in mine or not self._busy(mine[k]))
         lease = self.book.attach(
             share_name(group, share, shares),
             reset=reset,

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -116,6 +116,14 @@ class Subscription:
 _STATE_ORDER = ("failed", "backoff", "connecting", "stopped", "standby", "streaming")
 
 
+class ShareClaimer(Protocol):
+    """Group shares claimed cluster-wide (lsproxy/cluster/share_claims.py)."""
+
+    async def claim(self, share: str) -> bool: ...
+
+    def release(self, share: str) -> None: ...
+
+
 class StreamHub:
     def __init__(
         self,
@@ -143,6 +151,7 @@ class StreamHub:
         self.token_status: Callable[[], dict[str, Any]] | None = None  # the credential set's, for /status
         #: Why consumers cannot be served yet (cluster mode before JetStream answers), or None.
         self.unavailable: Callable[[StreamHub], str | None] | None = None
+        self.share_claims: ShareClaimer | None = None  # cluster mode: group membership cluster-wide
         self._scopes: dict[str, tuple[int, trio.CancelScope]] = {}
         self._subscriptions: dict[str, Subscription] = {}  # named cursor -> its connection
         self.groups = GroupBook(self.book)
@@ -223,7 +232,30 @@ class StreamHub:
             self._subscriptions[lease.name] = sub
         return sub
 
+    async def offset_since(self, unix_time: float) -> int:
+        """since=: the first offset received at or after ``unix_time``. A log that can look
+        beyond what it holds in memory (cluster mode: JetStream) is asked to."""
+        deep = getattr(self.log, "offset_at_deep", None)
+        if deep is not None:
+            return int(await deep(unix_time))
+        return self.log.offset_at(unix_time)
+
+    async def claim_share(self, sub: Subscription) -> bool:
+        """Cluster mode: claim a group member's share cluster-wide; False when a member on
+        another node holds it (unsubscribe, and subscribe again for another share)."""
+        if self.share_claims is None or sub.shares <= 1:
+            return True
+        return await self.share_claims.claim(sub.lease.name)
+
+    def end_member(self, share: str) -> None:
+        """End the connection of the member holding ``share`` here (its claim was lost)."""
+        held = self._scopes.get(share)
+        if held is not None:
+            held[1].cancel()
+
     def unsubscribe(self, sub: Subscription) -> None:
+        if self.share_claims is not None and sub.shares > 1:
+            self.share_claims.release(sub.lease.name)
         cursor = self.book.get(sub.lease.name)
         if sub.resume_key is not None and cursor is not None and cursor.delivery is not None:
             self.resume_points.leave(sub.resume_key, cursor.delivery.resume_offset(), self.clock())

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import trio
 
 from lsproxy.hub.cursors import TooManyConsumers
-from lsproxy.hub.groups import GroupRefused
+from lsproxy.hub.groups import MAX_SHARES, GroupRefused
 from lsproxy.hub.hit_search import find_hit
 from lsproxy.hub.segment import Slice
 from lsproxy.hub.stream import StreamHub, Subscription
@@ -94,7 +94,7 @@ async def _asked_start(hub: StreamHub, request: StreamRequest) -> tuple[int | No
         found = await find_hit(hub, request.after)
         return (None, "not-found") if found is None else (found + 1, "exact")
     if request.since is not None:
-        return hub.log.offset_at(request.since), None
+        return await hub.offset_since(request.since), None
     return None, None
 
 
@@ -128,15 +128,26 @@ async def serve_stream(
         window = replay_window(http.stream, settings.client_buffer_bytes)
     with trio.CancelScope() as scope:
         try:
-            sub = hub.subscribe(
-                request.consumer,
-                reset=request.reset,
-                start_at=start_at,
-                window_bytes=window,
-                cancel_scope=scope,
-                shares=request.shares,
-                resume_key=request.resume_key if settings.anonymous_resume and not asked else None,
-            )
+            for _ in range(MAX_SHARES + 1):  # cluster mode: a share claimed elsewhere meanwhile
+                sub = hub.subscribe(
+                    request.consumer,
+                    reset=request.reset,
+                    start_at=start_at,
+                    window_bytes=window,
+                    cancel_scope=scope,
+                    shares=request.shares,
+                    resume_key=request.resume_key if settings.anonymous_resume and not asked else None,
+                )
+                try:
+                    claimed = await hub.claim_share(sub)
+                except BaseException:
+                    hub.unsubscribe(sub)
+                    raise
+                if claimed:
+                    break
+                hub.unsubscribe(sub)
+            else:
+                raise GroupRefused("max_connections_reached", "every share is held by another node's member")
         except GroupRefused as refused:
             log.info("stream %s: %s", hub.name, refused.description)
             await http.send_error(ErrorReply(409, refused.error, refused.description), settings.write_timeout)

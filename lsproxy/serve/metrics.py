@@ -124,6 +124,22 @@ HELP = {
     "lsproxy_consumer_lag_records": f"records between the consumer's cursor and the tail ({OTHER_CONSUMERS}: summed)",
     "lsproxy_consumer_lag_seconds": f"age of the consumer's next record, 0 at the tail ({OTHER_CONSUMERS}: the maximum)",
     "lsproxy_consumer_connected": f"1 while the named consumer is connected ({OTHER_CONSUMERS}: how many are)",
+    "lsproxy_cluster_node_info": "cluster mode: this node's name (value 1)",
+    "lsproxy_cluster_ready": "cluster mode: 1 once connected to NATS with the KV buckets set up",
+    "lsproxy_cluster_nats_connected": "cluster mode: 1 while connected to a NATS server",
+    "lsproxy_cluster_leases_held": "cluster mode: upstream connection leases this node holds",
+    "lsproxy_cluster_lease_held": "cluster mode: 1 while this node holds the connection's lease",
+    "lsproxy_cluster_leases_acquired": "cluster mode: times this node took the connection's lease",
+    "lsproxy_cluster_leases_lost": "cluster mode: times this node lost the connection's lease",
+    "lsproxy_jetstream_ready": "cluster mode: 1 once the stream's JetStream stream is set up and followed",
+    "lsproxy_jetstream_messages": "cluster mode: messages in the JetStream stream (polled every second)",
+    "lsproxy_jetstream_bytes": "cluster mode: bytes in the JetStream stream",
+    "lsproxy_jetstream_first_sequence": "cluster mode: the JetStream stream's first sequence",
+    "lsproxy_jetstream_last_sequence": "cluster mode: the JetStream stream's last sequence",
+    "lsproxy_jetstream_publish_pending_records": "cluster mode: records waiting to be published",
+    "lsproxy_jetstream_publish_failing": "cluster mode: 1 while publishing to JetStream fails",
+    "lsproxy_jetstream_published_records": "cluster mode: records this node published (acked)",
+    "lsproxy_jetstream_dropped_records": "cluster mode: records dropped, the publish buffer full",
 }
 
 
@@ -186,6 +202,7 @@ class ProxyCollector:
         self.loop_lag = loop_lag
         self.clock = clock
         self.last_seconds = 0.0  # how long the previous scrape took
+        self.cluster_status: Callable[[], Mapping[str, Any]] | None = None  # cluster mode's /status part
 
     def collect(self) -> Iterator[Metric]:
         out = _Families()
@@ -199,7 +216,37 @@ class ProxyCollector:
             out.histogram("lsproxy_event_loop_lag_seconds", {}, self.loop_lag.histogram)
         for stream, hub in list(self.hubs.items()):
             self._stream(out, stream, hub, hub.snapshot(now), now)
+        if self.cluster_status is not None:
+            self._cluster(out, self.cluster_status())
         yield from out
+
+    @staticmethod
+    def _cluster(out: _Families, cluster: Mapping[str, Any]) -> None:
+        """Cluster mode: this node, its NATS connection, the leases it holds, and each
+        JetStream stream's state as this node last saw it."""
+        node = {"node": str(cluster.get("node", ""))}
+        out.gauge("lsproxy_cluster_node_info", node, 1)
+        out.gauge("lsproxy_cluster_ready", {}, bool(cluster.get("ready")))
+        out.gauge("lsproxy_cluster_nats_connected", {}, bool((cluster.get("nats") or {}).get("connected")))
+        leases = cluster.get("leases") or {}
+        out.gauge("lsproxy_cluster_leases_held", {}, len(leases))
+        for slot in (cluster.get("slots") or {}).values():
+            labels = {"stream": str(slot.get("stream")), "connection": str(slot.get("slot"))}
+            out.gauge("lsproxy_cluster_lease_held", labels, bool(slot.get("held")))
+            out.counter("lsproxy_cluster_leases_acquired", labels, slot.get("acquired"))
+            out.counter("lsproxy_cluster_leases_lost", labels, slot.get("lost"))
+        for stream, js in (cluster.get("jetstream") or {}).items():
+            labels = {"stream": str(stream)}
+            state = js.get("state") or {}
+            out.gauge("lsproxy_jetstream_ready", labels, bool(js.get("ready")))
+            out.gauge("lsproxy_jetstream_messages", labels, state.get("messages"))
+            out.gauge("lsproxy_jetstream_bytes", labels, state.get("bytes"))
+            out.gauge("lsproxy_jetstream_first_sequence", labels, state.get("first_seq"))
+            out.gauge("lsproxy_jetstream_last_sequence", labels, state.get("last_seq"))
+            out.gauge("lsproxy_jetstream_publish_pending_records", labels, js.get("publish_pending"))
+            out.gauge("lsproxy_jetstream_publish_failing", labels, js.get("publish_error") is not None)
+            out.counter("lsproxy_jetstream_published_records", labels, js.get("published"))
+            out.counter("lsproxy_jetstream_dropped_records", labels, js.get("dropped"))
 
     def _stream(self, out: _Families, stream: str, hub: StreamHub, snap: Mapping[str, Any], now: float) -> None:
         s = {"stream": stream}

@@ -280,6 +280,7 @@ class ConsumerServer:
         A consumer's token (auth on, not an admin) sees only its own streams and cursors."""
         headers = [(b"cache-control", b"no-store")]
         if name == "metrics":  # auth on: admins only (AccessControl.admit)
+            self.metrics.collector.cluster_status = self.cluster.status if self.cluster is not None else None
             return 200, [(b"content-type", METRICS_CONTENT_TYPE), *headers], self.metrics.render()
         if (asset := page.asset(name)) is not None:
             return 200, [(b"content-type", asset[0]), *headers, *page.SECURITY_HEADERS], asset[1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
+import time
 
 import httpx
 import pytest
@@ -48,6 +49,15 @@ async def get(port: int, path: str) -> httpx.Response:
         return await client.get(f"http://127.0.0.1:{port}{path}")
 
 
+async def wait_serving(port: int) -> None:
+    """/readyz 200 (NATS connected) and stream s1 followed (/readyz comes first)."""
+    with trio.fail_after(15):
+        while (await get(port, "/readyz")).status_code != 200:
+            await trio.sleep(0.1)
+        while not (await get(port, "/status")).json()["cluster"]["jetstream"]["s1"]["ready"]:
+            await trio.sleep(0.05)
+
+
 async def test_one_node_end_to_end_records_flow_through_jetstream() -> None:
     with nats_cluster(1) as nats:
         async with running(sim_settings(), start_proxy=False) as (sim, _):
@@ -70,6 +80,16 @@ async def test_one_node_end_to_end_records_flow_through_jetstream() -> None:
                 js = cluster["jetstream"]["s1"]
                 assert js["jetstream_stream"] == "LSPROXY_s1" and js["state"]["last_seq"] >= 1
                 assert status["streams"]["s1"]["state"] == "streaming"
+                metrics = (await get(p.port, "/metrics")).text
+                for line in (
+                    'lsproxy_cluster_node_info{node="solo"} 1.0',
+                    "lsproxy_cluster_nats_connected 1.0",
+                    "lsproxy_cluster_leases_held 1.0",
+                    'lsproxy_cluster_lease_held{connection="1",stream="s1"} 1.0',
+                    'lsproxy_jetstream_ready{stream="s1"} 1.0',
+                ):
+                    assert line in metrics, line
+                assert 'lsproxy_jetstream_last_sequence{stream="s1"}' in metrics
                 # A consumer replaying from the first offset reads older records from JetStream.
                 replay = await StreamReader(p.port, "/api/1/stream/s1?reset=smallest").connect()
                 await replay.read_records(200, timeout=15)
@@ -102,3 +122,89 @@ async def test_nats_unreachable_at_start_healthz_200_readyz_503_no_upstream_conn
             assert sim.stream_stats()["attempts"] == 0
             proxy.request_shutdown()
         shutil.rmtree(config.storage.dir, ignore_errors=True)
+
+
+async def test_group_membership_is_cluster_wide_across_two_nodes() -> None:
+    """maxConnections=2 members on two nodes: a third member on either node gets 409; a
+    member leaving frees its share cluster-wide at once (released, not left to expire)."""
+    with nats_cluster(1) as nats:
+        async with running(sim_settings(), start_proxy=False) as (sim, _):
+            # A TTL that a loaded machine cannot miss by accident: nothing here waits for it.
+            configs = [cluster_config(sim, nats.urls, name, lease_ttl=6.0) for name in ("node-a", "node-b")]
+            async with trio.open_nursery() as nursery:
+                proxies = [Proxy(config) for config in configs]
+                ports = [(await nursery.start(proxy.run))[0][1] for proxy in proxies]
+                for port in ports:
+                    await wait_serving(port)
+                a, b = ports
+                path = "/api/1/stream/s1?consumer=g&maxConnections=2"
+                first = await StreamReader(a, path).connect()
+                second = await StreamReader(b, path).connect()
+                assert (first.status, second.status) == (200, 200)
+                for port in (a, b):
+                    third = await StreamReader(port, path).connect()
+                    assert third.status == 409, (port, third.response_headers)
+                    await third.aclose()
+                await first.read_records(20, timeout=10)
+                await second.read_records(20, timeout=10)
+                # The members split the records: no record reaches both.
+                assert not set(first.seqs()) & set(second.seqs())
+                await first.aclose()
+                with trio.fail_after(5):
+                    while True:
+                        again = await StreamReader(b, path).connect()
+                        if again.status == 200:
+                            break
+                        await again.aclose()
+                        await trio.sleep(0.1)
+                await again.read_records(10, timeout=10)
+                assert not set(again.seqs()) & set(second.seqs())
+                for reader in (second, again):
+                    await reader.aclose()
+                for proxy in proxies:
+                    proxy.request_shutdown()
+            for config in configs:
+                shutil.rmtree(config.storage.dir, ignore_errors=True)
+
+
+async def test_since_before_a_nodes_tail_is_exact_and_a_new_named_cursor_moves_at_once() -> None:
+    """A node started later holds nothing older in memory: since= is still mapped to the
+    record JetStream stored at that time (the same offset the first node answers from its
+    tail), and a named consumer first seen on one node resumes on the other at once."""
+    with nats_cluster(1) as nats:
+        async with running(sim_settings(), start_proxy=False) as (sim, _):
+            configs = [cluster_config(sim, nats.urls, name) for name in ("node-a", "node-b")]
+            async with trio.open_nursery() as nursery:
+                proxies = [Proxy(config) for config in configs]
+                a = (await nursery.start(proxies[0].run))[0][1]
+                await wait_serving(a)
+                first = await StreamReader(a, "/api/1/stream/s1").connect()
+                await first.read_records(100, timeout=10)
+                since = time.time()
+                await first.read_records(250, timeout=10)
+                await first.aclose()
+                b = (await nursery.start(proxies[1].run))[0][1]
+                await wait_serving(b)
+                offsets = []
+                for port in (a, b):
+                    reader = await StreamReader(port, f"/api/1/stream/s1?since={since:.3f}").connect()
+                    assert reader.status == 200, (port, reader.status, reader._body[:300])
+                    offsets.append(int(reader.response_headers["x-lsproxy-offset"]))
+                    await reader.aclose()
+                # JetStream answers per message; the tail per delivered batch (at most a few
+                # records later). Without the JetStream lookup node b answers its oldest (1).
+                assert offsets[0] > 50 and offsets[0] - 10 <= offsets[1] <= offsets[0], offsets
+
+                mover = await StreamReader(a, "/api/1/stream/s1?consumer=early").connect()
+                await mover.read_records(20, timeout=10)
+                await mover.aclose()
+                left_at = max(mover.seqs())
+                await trio.sleep(0.5)  # less than the cursors' save interval
+                moved = await StreamReader(b, "/api/1/stream/s1?consumer=early").connect()
+                await moved.read_records(5, timeout=10)
+                assert min(moved.seqs()) <= left_at + 1
+                await moved.aclose()
+                for proxy in proxies:
+                    proxy.request_shutdown()
+            for config in configs:
+                shutil.rmtree(config.storage.dir, ignore_errors=True)

@@ -125,3 +125,11 @@ def test_duplicate_window_is_capped() -> None:
     assert names.duplicate_window(900) == names.MAX_DUPLICATE_WINDOW
     assert names.duplicate_window(30) == 30
     assert names.duplicate_window(0) == 1.0
+
+
+def test_escape_and_unescape_are_inverse() -> None:
+    from lsproxy.cluster import names
+
+    for text in ("g#0/2", "plain-id_9", "é.*> x", ""):
+        assert names.unescape(names.escape(text)) == text
+    assert names.unescape("a.b") is None and names.unescape("=Z1") is None
