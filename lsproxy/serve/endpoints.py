@@ -40,8 +40,8 @@ def render(
     """(status code, JSON body) for one of the endpoints in ``routes.ENDPOINTS``.
     ``page`` says which consumers /status lists per stream. ``cursor_prefix``: /status
     lists only the consumers whose cursor names start so (a non-admin consumer's token
-    sees its own cursors). In cluster mode a stream is ready when NATS is and its slots
-    stream here or stand by (another node holds them)."""
+    sees its own cursors). In cluster mode a stream is ready when NATS is, its JetStream
+    log is followed here, and its slots stream here or stand by (another node holds them)."""
     if name == "healthz":
         return 200, _json({"status": "ok"})
     if name == "rates":
@@ -56,8 +56,13 @@ def render(
         if cluster is None:
             ready = all(state == "streaming" for state in states.values())
             return (200 if ready else 503), _json({"ready": ready, "streams": states})
-        ready = cluster.ready() and all(state in ("streaming", "standby") for state in states.values())
-        body = {"ready": ready, "streams": states, "cluster": cluster.status()}
+        status = cluster.status()
+        # Ready only once every stream's JetStream log is followed here: before that its
+        # consumers would get 503 (stream_unavailable) from a node that says it is ready.
+        jetstream = status.get("jetstream") or {}
+        followed = all(bool((jetstream.get(stream) or {}).get("ready")) for stream in hubs)
+        ready = cluster.ready() and followed and all(state in ("streaming", "standby") for state in states.values())
+        body = {"ready": ready, "streams": states, "cluster": status}
         return (200 if ready else 503), _json(body)
     page = page or ConsumerPage()
     now = time.time()
