@@ -370,7 +370,8 @@ class StreamHub:
     ) -> dict[str, Any]:
         """JSON-able status of this stream. ``now`` is wall-clock time. Consumers are
         listed most lagging first, ``offset``/``limit`` of them (None: all), with a summary;
-        ``prefix``: only the named cursors whose names start so (a non-admin's own)."""
+        ``prefix``: only the named cursors and groups whose names start so (a non-admin's
+        own)."""
         tail = self.log.next_offset
         cursors = [c for c in self.book.cursors() if not is_share(c)]  # shares: under "groups"
         if prefix is not None:
@@ -419,7 +420,7 @@ class StreamHub:
             },
             "consumers": consumers,
             "consumer_summary": summary,
-            "groups": self.groups.snapshot(tail),
+            "groups": self.groups.snapshot(tail, prefix),
             **({"storage": status()} if (status := getattr(self.log, "status", None)) else {}),
             **self.info,
             **({"token": self.token_status()} if self.token_status is not None else {}),
