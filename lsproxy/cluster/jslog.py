@@ -55,6 +55,7 @@ from lsproxy.cluster import names
 from lsproxy.cluster.bridge import BridgeClosed, Inbox
 from lsproxy.cluster.node import ClusterNode, NatsUnavailable, _describe
 from lsproxy.config import StreamConfig
+from lsproxy.hub.log import LogUnavailable
 from lsproxy.hub.segment import Segment, SegmentRun, Slice, make_segment, slice_segments
 from lsproxy.secret import redact
 
@@ -62,6 +63,8 @@ log = logging.getLogger("lsproxy.cluster")
 
 FETCH_RECORDS = 1000  # one read below the tail: an aligned block of this many records
 FETCH_TIMEOUT = 2.0
+READ_RETRY_PAUSE = 0.05  # a read JetStream answered with nothing is asked again after this, doubling ...
+READ_RETRY_SECONDS = 15.0  # ... for this long, then the consumer's connection ends
 MAX_READERS = 4  # pull consumers kept for sequential replays, per stream per node
 READER_REUSE_SECONDS = 5.0  # an idle reader is used again within this ...
 READER_INACTIVE_SECONDS = 15.0  # ... well before the server deletes it
@@ -115,6 +118,7 @@ class JetStreamLog:
         self.publish_error: str | None = None
         self.state: dict[str, Any] = {}
         self.follower_resets = 0
+        self.read_retries = 0  # reads JetStream answered with nothing (or not at all) and asked again
         # the asyncio side's publishing state (touched only on the bridge's loop)
         self._ack_sub: Any = None
         self._ack_prefix = ""
@@ -181,37 +185,56 @@ class JetStreamLog:
     async def read(self, offset: int, max_bytes: int) -> Slice:
         if offset > self._next:
             raise ValueError(f"offset {offset} is beyond the tail {self._next}")
-        start = max(offset, self.oldest)
-        if start >= self._next:
-            return Slice(self._next, self._next)
-        tail = self._tail
-        if tail and tail.front.first <= start:
-            i = tail.find(start)
-            assert i is not None
-            return tail.slice(i, start, max_bytes)
-        block = await self._block(start - (start % FETCH_RECORDS))
-        if block is None or block.end <= start:
-            # Nothing there (trimmed meanwhile): skip to what follows.
-            after = block.end if block is not None else start + 1
-            nxt = min(max(after, self.oldest), self._next)
-            if tail and tail.front.first < nxt:
-                nxt = tail.front.first
-            return Slice(nxt, nxt)
-        return slice_segments([block], 0, start, max_bytes)
+        pause = READ_RETRY_PAUSE
+        deadline = trio.current_time() + READ_RETRY_SECONDS
+        while True:
+            start = max(offset, self.oldest)
+            if start >= self._next:
+                return Slice(self._next, self._next)
+            tail = self._tail
+            if tail and tail.front.first <= start:
+                i = tail.find(start)
+                assert i is not None
+                return tail.slice(i, start, max_bytes)
+            try:
+                block = await self._block(start - (start % FETCH_RECORDS))
+                if block is not None and block.end > start:
+                    return slice_segments([block], 0, start, max_bytes)
+                # No record at ``start``, below what this node has seen stored. Retention
+                # removed it (the stream's first sequence says so: skip to it), or JetStream
+                # answered a pull from a replica that is still catching up, or in a leader
+                # change: ask again. Never skip a record that exists.
+                self._apply_info(await self.node.bridge.call(self._a_info))
+            except NatsUnavailable as exc:
+                if trio.current_time() >= deadline:
+                    raise LogUnavailable(f"stream {self.name}: JetStream does not answer: {exc}") from None
+            else:
+                if start < self.oldest:
+                    continue  # trimmed: from the oldest retained record on
+                if trio.current_time() >= deadline:
+                    raise LogUnavailable(
+                        f"stream {self.name}: JetStream has no record at offset {start} "
+                        f"(stored up to {self._next - 1})"
+                    )
+            self.read_retries += 1
+            await trio.sleep(pause)
+            pause = min(1.0, pause * 2)
 
     async def _block(self, first: int) -> Segment | None:
         cached = self._cache.get(first)
         if cached is not None:
             self._cache.move_to_end(first)
             return cached
-        want = FETCH_RECORDS
+        start = max(first, 1)  # sequences start at 1: block 0 is one shorter
+        full = first + FETCH_RECORDS - start
+        want = full
         if self._tail:
-            want = max(1, min(want, self._tail.front.first - first))
-        got: list[Delivered] = await self.node.bridge.call(self._a_fetch, max(first, 1), want)
+            want = max(1, min(want, self._tail.front.first - start))
+        got: list[Delivered] = await self.node.bridge.call(self._a_fetch, start, want)
         if not got:
             return None
         seg = make_segment(got[0][0], [data for _, _, data in _contiguous(got)], got[0][1])
-        if len(seg.ends) == FETCH_RECORDS:  # only full blocks: a short one may grow
+        if len(seg.ends) == full:  # only full blocks: a short one may grow
             self._cache[first] = seg
             self._cache_bytes += len(seg.data)
             while self._cache_bytes > CACHE_BYTES and len(self._cache) > 1:
@@ -258,6 +281,7 @@ class JetStreamLog:
             "dropped": self.dropped,
             "publish_error": self.publish_error,
             "follower_resets": self.follower_resets,
+            "read_retries": self.read_retries,
         }
 
     # -- the tasks --------------------------------------------------------------------

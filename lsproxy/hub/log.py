@@ -31,11 +31,17 @@ import trio
 
 from lsproxy.hub.segment import CRLF, Segment, SegmentRun, Slice, make_segment
 
-__all__ = ["CRLF", "MemoryLog", "Segment", "Slice", "StreamLog", "make_segment"]
+__all__ = ["CRLF", "LogUnavailable", "MemoryLog", "Segment", "Slice", "StreamLog", "make_segment"]
+
+
+class LogUnavailable(Exception):
+    """A log cannot read a retained range now (cluster mode: JetStream does not answer).
+    The consumer's connection ends; it resumes at its cursor."""
 
 
 class StreamLog(Protocol):
-    """What the hub needs of a log; ``MemoryLog`` and the durable log both provide it."""
+    """What the hub needs of a log; ``MemoryLog`` and the durable log both provide it.
+    ``read`` may raise ``LogUnavailable``."""
 
     retention_bytes: int
 

@@ -45,6 +45,7 @@ import trio
 from lsproxy.hub.cursors import TooManyConsumers
 from lsproxy.hub.groups import MAX_SHARES, GroupRefused
 from lsproxy.hub.hit_search import find_hit
+from lsproxy.hub.log import LogUnavailable
 from lsproxy.hub.segment import Slice
 from lsproxy.hub.stream import ClaimUnavailable, StreamHub, Subscription
 from lsproxy.serve import sse
@@ -191,6 +192,8 @@ async def serve_stream(
                     await _pump(http, hub, sub, encoder, settings, head, view, probe)
                 except ConnectionBroken as exc:
                     log.info("stream %s: consumer %s: %s", hub.name, sub.name, exc, extra=fields)
+                except LogUnavailable as exc:  # the connection breaks off: the consumer resumes
+                    log.warning("consumer %s: %s; its connection ends", sub.name, exc, extra=fields)
                 nursery.cancel_scope.cancel()
         finally:
             hub.unsubscribe(sub)

@@ -16,7 +16,11 @@ import pytest
 import trio
 
 from lsproxy.app import Proxy
-from lsproxy.config import Config
+from lsproxy.cluster import jslog as jslog_module
+from lsproxy.cluster.mode import ClusterMode
+from lsproxy.config import ClusterConfig, Config, Credentials, StorageConfig, StreamConfig, UpstreamSettings
+from lsproxy.hub.segment import Slice
+from lsproxy.secret import Secret
 from lsproxy.simulator import SimSettings, SimStream
 from tests.cluster_harness import free_ports, kv_keys, nats_available, nats_cluster
 from tests.harness import ProxyUnderTest, SimUnderTest, StreamReader, proxy_config, running
@@ -313,3 +317,63 @@ async def test_a_group_member_gets_503_not_409_while_nats_is_down() -> None:
                 assert "cannot record group membership" in member.json()["error_description"]
                 proxy.request_shutdown()
             shutil.rmtree(config.storage.dir, ignore_errors=True)
+
+
+def _jetstream_records(n: int) -> list[bytes]:
+    return [b'{"hitIdHigh":%d,"hitIdLow":%d,"pad":"%s"}' % (9_000_000 + i, i, b"x" * 2000) for i in range(n)]
+
+
+async def test_a_read_below_the_tail_waits_out_a_jetstream_that_does_not_answer_and_skips_nothing() -> None:
+    """A node reading a range from JetStream (below its in-memory tail) while NATS does
+    not answer asks again until it does: the consumer gets the record it asked for, never
+    the ones after it. (It once took an empty answer for "nothing there" and skipped.)"""
+    settings = StreamConfig(
+        name="js",
+        url="http://127.0.0.1:1/api/1/stream/js",
+        endpoint="js",
+        report_suite=None,
+        credentials=Credentials(
+            name="c", kind="static", token=Secret("t"), token_file=None, api_key=None, oauth=None, source="inline"
+        ),
+        upstream=UpstreamSettings(),
+        retention_bytes=1024**3,
+        retention_seconds=3600.0,
+    )
+    storage = StorageConfig(dir=tempfile.gettempdir())
+    with nats_cluster(1) as nats:
+        cluster = ClusterConfig(nats=tuple(nats.urls), node="writer", replicas=1, lease_ttl=5.0)
+        async with trio.open_nursery() as nursery:
+            writer = ClusterMode(cluster)
+            await nursery.start(writer.run)
+            written = writer.open_log(settings, storage)
+            nursery.start_soon(written.run)
+            await written.ready.wait()
+            written.append(_jetstream_records(3000), time.time())
+            with trio.fail_after(20):
+                while written.published < 3000:
+                    await trio.sleep(0.02)
+            reader_mode = ClusterMode(dataclasses.replace(cluster, node="reader"))
+            await nursery.start(reader_mode.run)
+            reader = reader_mode.open_log(settings, storage)
+            nursery.start_soon(reader.run)
+            await reader.ready.wait()
+            assert reader.oldest == 1 and reader.next_offset == 3001  # nothing of it in memory
+            first = await reader.read(1000, 64 * 1024)  # one block: a pull consumer left at 2000
+            assert first.start == 1000 and first.count > 0
+            nats.nodes[0].pause()
+            try:
+                with trio.fail_after(30):
+                    async with trio.open_nursery() as waiting:
+                        got: list[Slice] = []
+
+                        async def read_on() -> None:
+                            got.append(await reader.read(2000, 64 * 1024))  # the next block: a pull request
+
+                        waiting.start_soon(read_on)
+                        await trio.sleep(jslog_module.FETCH_TIMEOUT + 0.5)  # the fetch has timed out
+                        nats.nodes[0].resume()
+            finally:
+                nats.nodes[0].resume()
+            assert got[0].start == 2000 and got[0].count > 0
+            assert reader.read_retries >= 1
+            nursery.cancel_scope.cancel()
