@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -190,3 +191,29 @@ def nats_cluster(size: int = 1) -> Iterator[NatsCluster]:
         yield c
     finally:
         c.stop()
+
+
+KV_KEYS_SCRIPT = """
+import asyncio, sys, nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    try:
+        kv = await nc.jetstream().key_value(sys.argv[2])
+        try:
+            print("\\n".join(await kv.keys()))
+        except Exception as exc:  # no keys: nats-py raises NoKeysError
+            if type(exc).__name__ != "NoKeysError":
+                raise
+    finally:
+        await nc.close()
+asyncio.run(main())
+"""
+
+
+def kv_keys(url: str, bucket: str) -> set[str]:
+    """The live keys of KV ``bucket``, read by a separate nats-py client process (the
+    tests run on trio; nats-py needs asyncio). Blocking: call it from a thread."""
+    out = subprocess.run(
+        [sys.executable, "-c", KV_KEYS_SCRIPT, url, bucket], capture_output=True, check=True, timeout=20
+    )
+    return set(out.stdout.decode().split())

@@ -108,6 +108,8 @@ class AsyncioBridge:
         except BaseException:
             future.cancel()
             raise
+        if future.cancelled():  # by the loop, stopping under us (shutdown)
+            raise BridgeClosed("the NATS bridge stopped")
         return future.result()
 
     def post(self, fn: Callable[..., Awaitable[object]], *args: Any) -> None:

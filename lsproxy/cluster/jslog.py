@@ -52,7 +52,7 @@ import trio
 from nats.js import api
 
 from lsproxy.cluster import names
-from lsproxy.cluster.bridge import Inbox
+from lsproxy.cluster.bridge import BridgeClosed, Inbox
 from lsproxy.cluster.node import ClusterNode, NatsUnavailable, _describe
 from lsproxy.config import StreamConfig
 from lsproxy.hub.segment import Segment, SegmentRun, Slice, make_segment, slice_segments
@@ -294,7 +294,13 @@ class JetStreamLog:
                 nursery.start_soon(self._poll_info)
         finally:
             with trio.move_on_after(2, shield=True):
-                await self._flush()
+                with contextlib.suppress(BridgeClosed):
+                    await self._flush()
+                if self._pending:  # never a silent loss
+                    log.warning(
+                        "stream %s: %d records not published to JetStream at shutdown (%s)",
+                        self.name, len(self._pending), self.publish_error or "NATS is gone",
+                    )  # fmt: skip
                 try:
                     await node.bridge.call(self._a_unfollow, sub)
                 except Exception as exc:
@@ -365,9 +371,10 @@ class JetStreamLog:
             with trio.fail_after(PUBLISH_TIMEOUT):
                 await bridge.call(self._a_acks, batch_id)
         except (NatsUnavailable, trio.TooSlowError) as exc:
+            why = str(exc) or "timed out"
             if self.publish_error is None:
-                log.error("stream %s: publishing to JetStream failed (%s); retrying", self.name, exc)
-            self.publish_error = str(exc) or "timed out"
+                log.error("stream %s: publishing to JetStream failed (%s); retrying", self.name, why)
+            self.publish_error = why
             given_up = [batch_id for batch_id, _ in in_flight]
             in_flight.clear()
             self._unsent = 0
@@ -556,12 +563,13 @@ class JetStreamLog:
         return batch_id
 
     async def _a_acks(self, batch_id: int) -> None:
-        """Wait for every ack of batch ``batch_id``."""
-        waiter = self._ack_waiters[batch_id]
-        try:
-            await waiter.done.wait()
-        finally:
-            self._ack_waiters.pop(batch_id, None)
+        """Wait for every ack of batch ``batch_id``. A wait cancelled (shutdown) leaves the
+        waiter for the flush that follows; a batch given up on has none."""
+        waiter = self._ack_waiters.get(batch_id)
+        if waiter is None:
+            raise NatsUnavailable("the batch's acks were given up on")
+        await waiter.done.wait()
+        self._ack_waiters.pop(batch_id, None)
         if waiter.error is not None:
             raise NatsUnavailable(f"JetStream refused a record: {waiter.error}")
 

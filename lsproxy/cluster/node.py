@@ -258,19 +258,35 @@ class ClusterNode:
         except Exception as exc:
             raise NatsUnavailable(_describe(exc)) from None
 
-    async def a_cursor_watch(self, prefix: str, deliver: Callable[[str, bytes], Awaitable[None]]) -> Any:
-        """Watch ``<prefix>.>`` (every current value first, then changes) into ``deliver``;
-        returns the watcher (stop it with ``a_stop_watch``)."""
+    async def a_cursor_delete(self, key: str) -> None:
         try:
-            watcher = await self._kv[names.CURSOR_BUCKET].watch(f"{prefix}.>")
+            await self._kv[names.CURSOR_BUCKET].delete(key)
+        except Exception as exc:
+            raise NatsUnavailable(_describe(exc)) from None
+
+    async def a_cursor_watch(
+        self, prefix: str, deliver: Callable[[str, bytes | None], Awaitable[None]]
+    ) -> Any:
+        """Watch ``<prefix>.>`` of the cursor bucket (see ``_a_watch``)."""
+        return await self._a_watch(names.CURSOR_BUCKET, prefix, deliver)
+
+    async def _a_watch(
+        self, bucket: str, prefix: str, deliver: Callable[[str, bytes | None], Awaitable[None]]
+    ) -> Any:
+        """Watch ``<prefix>.>`` of ``bucket`` into ``deliver``: every current value first,
+        then changes, as (key, value), or (key, None) for a delete. Returns the watcher
+        (stop it with ``a_stop_watch``)."""
+        try:
+            watcher = await self._kv[bucket].watch(f"{prefix}.>")
         except Exception as exc:
             raise NatsUnavailable(_describe(exc)) from None
 
         async def pump() -> None:
             async for entry in watcher:
-                if entry is None or entry.value is None or entry.operation is not None:
-                    continue  # the end of the initial values, or a delete
-                await deliver(entry.key, bytes(entry.value))
+                if entry is None:
+                    continue  # the end of the initial values
+                deleted = entry.operation is not None or entry.value is None
+                await deliver(entry.key, None if deleted else bytes(entry.value))
 
         watcher.pump_task = asyncio.get_running_loop().create_task(pump())
         return watcher
@@ -326,21 +342,8 @@ class ClusterNode:
     async def a_member_watch(
         self, prefix: str, deliver: Callable[[str, bytes | None], Awaitable[None]]
     ) -> Any:
-        """Watch ``<prefix>.>`` of the member bucket: (key, value), (key, None) for a delete."""
-        try:
-            watcher = await self._kv[names.MEMBER_BUCKET].watch(f"{prefix}.>")
-        except Exception as exc:
-            raise NatsUnavailable(_describe(exc)) from None
-
-        async def pump() -> None:
-            async for entry in watcher:
-                if entry is None:
-                    continue  # the end of the initial values
-                deleted = entry.operation is not None or entry.value is None
-                await deliver(entry.key, None if deleted else bytes(entry.value))
-
-        watcher.pump_task = asyncio.get_running_loop().create_task(pump())
-        return watcher
+        """Watch ``<prefix>.>`` of the member bucket (see ``_a_watch``)."""
+        return await self._a_watch(names.MEMBER_BUCKET, prefix, deliver)
 
     # -- asyncio side: JetStream (for jslog.py) -------------------------------------------
     @property

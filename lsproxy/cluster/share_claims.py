@@ -7,10 +7,10 @@ key ``<stream>.<share cursor>`` in the ``lsproxy_members`` KV bucket (TTL
 third of the TTL while the member is connected, and deletes it (at its
 revision) when the member leaves. A claim that fails means a member on another
 node holds the share: the joining member is placed on another share, or gets
-409 when all N are held. A node that cannot renew a claim for
-``CLAIM_GIVE_UP`` of the TTL, or finds it taken, ends its member's connection
-(that member reconnects and joins again), so a share never has two members for
-longer than the TTL's margin.
+409 when all N are held (503 with Retry-After when NATS cannot answer). A node
+that cannot renew a claim for ``CLAIM_GIVE_UP`` of the TTL, or finds it taken,
+ends its member's connection (that member reconnects and joins again), so a
+share never has two members for longer than the TTL's margin.
 
 Each node watches the bucket and tells its ``GroupBook`` which shares other
 nodes hold (``held_elsewhere``). NATS 2.9 sends no event when a key expires,
@@ -29,9 +29,10 @@ from typing import Any
 import trio
 
 from lsproxy.cluster import names
+from lsproxy.cluster.bridge import BridgeClosed
 from lsproxy.cluster.node import ClusterNode, NatsUnavailable
 from lsproxy.hub.groups import ANONYMOUS, parse_share_name
-from lsproxy.hub.stream import StreamHub
+from lsproxy.hub.stream import ClaimUnavailable, StreamHub
 
 log = logging.getLogger("lsproxy.cluster")
 
@@ -71,16 +72,20 @@ class ShareClaims:
         return sorted(self._mine)
 
     async def claim(self, share: str) -> bool:
-        """Claim ``share`` for a member connecting here; False: another node's member holds it."""
+        """Claim ``share`` for a member connecting here; False: another node's member
+        holds it. ClaimUnavailable when NATS cannot tell (the member gets 503, not 409:
+        it may retry, nothing says the group is full)."""
         if not self._claimed(share):
             return True
         node = self.node
+        if not node.connected:  # known at once: no need to wait for a request to time out
+            raise ClaimUnavailable("the cluster cannot record group membership now: NATS is not connected")
         key = names.cursor_key(self.hub.name, share)
         try:
             revision, holder = await node.bridge.call(node.a_member_claim, key, names.member_value(node.name))
         except NatsUnavailable as exc:
             log.warning("stream %s: cannot claim group share %s: %s", self.hub.name, share, exc)
-            return False
+            raise ClaimUnavailable(f"the cluster cannot record group membership now: {exc}") from None
         now = trio.current_time()
         if revision is None:
             self._remote[share] = (holder, now)
@@ -127,7 +132,10 @@ class ShareClaims:
             with trio.move_on_after(2, shield=True):
                 for share in list(self._mine):
                     self.release(share)
-                await self._release_and_renew()
+                try:
+                    await self._release_and_renew()
+                except BridgeClosed:
+                    log.debug("stream %s: shares not released at shutdown: NATS is gone", self.hub.name)
                 try:
                     await node.bridge.call(node.a_stop_watch, watcher)
                 except Exception as exc:

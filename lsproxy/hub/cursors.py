@@ -229,17 +229,17 @@ class CursorBook:
                 continue
             self._add_idle(Cursor(name, named=True, position=position, skipped=skipped, seen_at=seen_at))
 
-    def adopt(self, name: str, position: int, skipped: int, now: float) -> bool:
+    def adopt(self, name: str, position: int, skipped: int, seen_at: float) -> bool:
         """A named cursor's position as another proxy (a cluster node) left it; ignored
-        while a connection here holds the cursor. True when taken. Seen ``now``: another
-        node's consumer is alive, so the ttl counts from here."""
+        while a connection here holds the cursor. True when taken. ``seen_at``: when that
+        node last saw its consumer (the ttl counts from there)."""
         cursor = self._cursors.get(name)
         if cursor is None:
-            self._add_idle(Cursor(name, named=True, position=position, skipped=skipped, seen_at=now))
+            self._add_idle(Cursor(name, named=True, position=position, skipped=skipped, seen_at=seen_at))
             return True
         if cursor.connected or not cursor.named:
             return False
-        cursor.position, cursor.skipped, cursor.seen_at = position, skipped, now
+        cursor.position, cursor.skipped, cursor.seen_at = position, skipped, seen_at
         if position > cursor.delivered:
             cursor.sent_from = cursor.delivered = position
         self._idle.move_to_end(name)  # newest last

@@ -252,13 +252,17 @@ class GroupBook:
                 cursor.position = position
 
     # -- status -------------------------------------------------------------
-    def snapshot(self, tail: int) -> list[dict[str, Any]]:
-        """Every group: id (None: the anonymous one), N, members, each share's cursor."""
+    def snapshot(self, tail: int, prefix: str | None = None) -> list[dict[str, Any]]:
+        """Every group: id (None: the anonymous one), N, members, each share's cursor.
+        ``prefix``: only the named groups whose ids start so (a non-admin's own), and the
+        anonymous group (shared by everyone reading the stream; it names nobody)."""
         groups: dict[tuple[str, int], list[tuple[int, Cursor]]] = {}
         for cursor in self.book.cursors():
             parsed = parse_share_name(cursor.name)
             if parsed is not None:
                 group, share, shares = parsed
+                if prefix is not None and group != ANONYMOUS and not group.startswith(prefix):
+                    continue
                 groups.setdefault((group, shares), []).append((share, cursor))
         return [
             {

@@ -116,10 +116,17 @@ class Subscription:
 _STATE_ORDER = ("failed", "backoff", "connecting", "stopped", "standby", "streaming")
 
 
+class ClaimUnavailable(Exception):
+    """A group share cannot be claimed now (cluster mode: NATS unreachable): HTTP 503."""
+
+
 class ShareClaimer(Protocol):
     """Group shares claimed cluster-wide (lsproxy/cluster/share_claims.py)."""
 
-    async def claim(self, share: str) -> bool: ...
+    async def claim(self, share: str) -> bool:
+        """False: another node's member holds ``share``. Raises ClaimUnavailable when
+        nobody can tell (the member must not stream: it might share with another)."""
+        ...
 
     def release(self, share: str) -> None: ...
 
@@ -152,6 +159,9 @@ class StreamHub:
         #: Why consumers cannot be served yet (cluster mode before JetStream answers), or None.
         self.unavailable: Callable[[StreamHub], str | None] | None = None
         self.share_claims: ShareClaimer | None = None  # cluster mode: group membership cluster-wide
+        #: Cluster mode: told of an operator's cursor move (the position) or delete (None),
+        #: so every node applies it (lsproxy/cluster/cursor_sync.py).
+        self.announce_cursor: Callable[[str, int | None], None] | None = None
         self._scopes: dict[str, tuple[int, trio.CancelScope]] = {}
         self._subscriptions: dict[str, Subscription] = {}  # named cursor -> its connection
         self.groups = GroupBook(self.book)
@@ -242,7 +252,8 @@ class StreamHub:
 
     async def claim_share(self, sub: Subscription) -> bool:
         """Cluster mode: claim a group member's share cluster-wide; False when a member on
-        another node holds it (unsubscribe, and subscribe again for another share)."""
+        another node holds it (unsubscribe, and subscribe again for another share).
+        Raises ClaimUnavailable when the claim cannot be made now."""
         if self.share_claims is None or sub.shares <= 1:
             return True
         return await self.share_claims.claim(sub.lease.name)
@@ -268,18 +279,24 @@ class StreamHub:
         if self._subscriptions.get(sub.lease.name) is sub:
             del self._subscriptions[sub.lease.name]
 
-    def move_cursor(self, name: str, position: int) -> bool:
+    def move_cursor(self, name: str, position: int, *, announce: bool = True) -> bool:
         """An operator sets named cursor ``name`` (created if new) to ``position``,
         clamped to the retained records. True when a connection held it: that
-        connection ends its response cleanly, its consumer resumes there."""
-        self.book.move(name, min(max(position, self.log.oldest), self.log.next_offset), self.clock())
+        connection ends its response cleanly, its consumer resumes there. ``announce``:
+        tell the other cluster nodes (not when applying one of theirs)."""
+        position = min(max(position, self.log.oldest), self.log.next_offset)
+        self.book.move(name, position, self.clock())
+        if announce and self.announce_cursor is not None:
+            self.announce_cursor(name, position)
         return self._end_connection(name)
 
-    def forget_cursor(self, name: str) -> bool | None:
+    def forget_cursor(self, name: str, *, announce: bool = True) -> bool | None:
         """An operator deletes named cursor ``name``: None if there is none, else whether
         a connection held it (that connection ends cleanly)."""
         if self.book.forget(name) is None:
             return None
+        if announce and self.announce_cursor is not None:
+            self.announce_cursor(name, None)
         return self._end_connection(name)
 
     def _end_connection(self, name: str) -> bool:
@@ -353,7 +370,8 @@ class StreamHub:
     ) -> dict[str, Any]:
         """JSON-able status of this stream. ``now`` is wall-clock time. Consumers are
         listed most lagging first, ``offset``/``limit`` of them (None: all), with a summary;
-        ``prefix``: only the named cursors whose names start so (a non-admin's own)."""
+        ``prefix``: only the named cursors and groups whose names start so (a non-admin's
+        own)."""
         tail = self.log.next_offset
         cursors = [c for c in self.book.cursors() if not is_share(c)]  # shares: under "groups"
         if prefix is not None:
@@ -402,7 +420,7 @@ class StreamHub:
             },
             "consumers": consumers,
             "consumer_summary": summary,
-            "groups": self.groups.snapshot(tail),
+            "groups": self.groups.snapshot(tail, prefix),
             **({"storage": status()} if (status := getattr(self.log, "status", None)) else {}),
             **self.info,
             **({"token": self.token_status()} if self.token_status is not None else {}),

@@ -46,7 +46,7 @@ from lsproxy.hub.cursors import TooManyConsumers
 from lsproxy.hub.groups import MAX_SHARES, GroupRefused
 from lsproxy.hub.hit_search import find_hit
 from lsproxy.hub.segment import Slice
-from lsproxy.hub.stream import StreamHub, Subscription
+from lsproxy.hub.stream import ClaimUnavailable, StreamHub, Subscription
 from lsproxy.serve import sse
 from lsproxy.serve.encoding import HEARTBEAT, Encoder, make_encoder
 from lsproxy.serve.http import READ_SIZE, ConnectionBroken, HttpConnection
@@ -61,6 +61,7 @@ MAX_DISCARD_BYTES = 64 * 1024  # what a consumer may send after its GET before w
 MAX_UNYIELDED_BATCHES = 8  # at most ~2 MB written by one consumer before others get a turn
 SAMPLE_BYTES = 64 * 1024  # sample the socket after this many bytes (the replay's resolution)
 IDLE_SAMPLE_SECONDS = 0.1  # ... and on going idle, at most this often (consumers at the tail)
+CLAIM_RETRY_AFTER = b"2"  # seconds, with a 503 for a group share the cluster cannot record now
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,11 @@ async def serve_stream(
         except GroupRefused as refused:
             log.info("stream %s: %s", hub.name, refused.description)
             await http.send_error(ErrorReply(409, refused.error, refused.description), settings.write_timeout)
+            return
+        except ClaimUnavailable as exc:
+            log.warning("stream %s: group member not admitted: %s", hub.name, exc)
+            reply = ErrorReply(503, "service_unavailable", str(exc))
+            await http.send_error(reply, settings.write_timeout, [(b"retry-after", CLAIM_RETRY_AFTER)])
             return
         except TooManyConsumers:
             limit = hub.book.max_named

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import socket
-import ssl
 from collections.abc import Callable
 from typing import Protocol
 
@@ -26,6 +25,7 @@ from lsproxy.secret import Secret
 from lsproxy.upstream.framing import RecordFramer
 from lsproxy.upstream.outcome import Outcome, classify_end, classify_status
 from lsproxy.upstream.request import MAX_REDIRECTS, REDIRECT_STATUSES, build_request, follow_redirect
+from lsproxy.upstream.tls_context import client_tls_context
 
 ERROR_BODY_LIMIT = 64 * 1024
 # TCP keepalive finds a dead upstream (no FIN, no RST) within ~2 minutes, even on a
@@ -37,19 +37,6 @@ KEEPALIVE_OPTIONS = [
     (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10),
     (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6),
 ]
-
-
-_tls: ssl.SSLContext | None = None
-
-
-async def _tls_context() -> ssl.SSLContext:
-    """httpx's default certificate verification, set up once and in a worker thread:
-    loading the CA bundle takes 20-70 ms, too long for the event loop and to repeat at
-    every connection attempt. (A CA bundle changed on disk is used after a restart.)"""
-    global _tls
-    if _tls is None:
-        _tls = await trio.to_thread.run_sync(httpx.create_ssl_context)
-    return _tls
 
 
 async def _read_limited(response: httpx.Response, limit: int = ERROR_BODY_LIMIT) -> bytes:
@@ -136,7 +123,7 @@ async def stream_once(
     )
     streamed = False
     try:
-        transport = httpx.AsyncHTTPTransport(verify=await _tls_context(), socket_options=KEEPALIVE_OPTIONS)
+        transport = httpx.AsyncHTTPTransport(verify=await client_tls_context(), socket_options=KEEPALIVE_OPTIONS)
         async with httpx.AsyncClient(
             transport=transport, timeout=timeout, trust_env=False, follow_redirects=False
         ) as client:

@@ -21,6 +21,7 @@ import trio
 
 from lsproxy.errors import CredentialsError
 from lsproxy.secret import Secret, redact
+from lsproxy.upstream.tls_context import client_tls_context
 from lsproxy.upstream.token_policy import DEFAULT_EXPIRES_IN, RefreshSchedule
 
 log = logging.getLogger("lsproxy.credentials")
@@ -276,7 +277,7 @@ class OAuthTokenProvider:
                     answer = await _post(self._http, o.token_url, form, headers)
                 else:
                     async with httpx.AsyncClient(
-                        trust_env=False, timeout=FETCH_TIMEOUT, follow_redirects=False
+                        verify=await client_tls_context(), trust_env=False, timeout=FETCH_TIMEOUT, follow_redirects=False
                     ) as client:
                         answer = await _post(client, o.token_url, form, headers)
         except (trio.TooSlowError, httpx.TimeoutException):

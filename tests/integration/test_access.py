@@ -81,20 +81,28 @@ async def test_auth_matrix_over_real_sockets() -> None:
             proxy.port, "/api/2/stream/s2?consumer=x", headers={"authorization": f"bearer {OPS_TOKEN}"}
         ).connect()
         assert admin_reader.status == 200  # no streams list: every stream
+        admin_member = await StreamReader(
+            proxy.port, "/api/1/stream/s1?consumer=g&maxConnections=2", headers=auth(OPS_TOKEN)
+        ).connect()
+        assert admin_member.status == 200
 
         assert (await request(proxy, "GET", "/status")).status_code == 401
         team_view = (await request(proxy, "GET", "/status", TEAM_TOKEN)).json()
         assert list(team_view["streams"]) == ["s1"]
         assert [c["id"] for c in team_view["streams"]["s1"]["consumers"]] == ["team/x"]
+        assert team_view["streams"]["s1"]["groups"] == []  # another consumer's group stays hidden
         ops_view = (await request(proxy, "GET", "/status", OPS_TOKEN)).json()
         assert list(ops_view["streams"]) == ["s1", "s2"]
         assert [c["id"] for c in ops_view["streams"]["s2"]["consumers"]] == ["ops/x"]  # its own namespace
+        assert [g["id"] for g in ops_view["streams"]["s1"]["groups"]] == ["ops/g"]
+        await admin_member.aclose()
 
         assert (await request(proxy, "GET", "/admin/consumers")).status_code == 401
         assert (await request(proxy, "GET", "/admin/consumers", TEAM_TOKEN)).status_code == 403
         listing = await request(proxy, "GET", "/admin/consumers", OPS_TOKEN)
         assert listing.status_code == 200
-        assert [c["id"] for c in listing.json()["streams"]["s1"]["consumers"]] == ["team/x"]
+        listed = {c["id"] for c in listing.json()["streams"]["s1"]["consumers"]}
+        assert listed == {"team/x", "ops/g#0/2", "ops/g#1/2"}  # an admin's listing: every cursor
         assert (await request(proxy, "GET", "/healthz")).status_code == 200  # probes carry no token
         assert (await request(proxy, "GET", "/readyz")).status_code in (200, 503)
         await reader.aclose()

@@ -4,9 +4,12 @@ unreachable at start."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +18,7 @@ import trio
 from lsproxy.app import Proxy
 from lsproxy.config import Config
 from lsproxy.simulator import SimSettings, SimStream
-from tests.cluster_harness import free_ports, nats_available, nats_cluster
+from tests.cluster_harness import free_ports, kv_keys, nats_available, nats_cluster
 from tests.harness import ProxyUnderTest, SimUnderTest, StreamReader, proxy_config, running
 
 pytestmark = [
@@ -27,14 +30,14 @@ pytestmark = [
 
 
 def cluster_config(
-    sim: SimUnderTest, seeds: list[str], node: str, *, replicas: int = 1, lease_ttl: float = 2.0
+    sim: SimUnderTest, seeds: list[str], node: str, *, replicas: int = 1, lease_ttl: float = 2.0, **overrides: Any
 ) -> Config:
     seed_list = ", ".join(f'"{u}"' for u in seeds)
     extra = (
         f'[cluster]\nnats = [{seed_list}]\nnode = "{node}"\nreplicas = {replicas}\n'
         f"lease_ttl = {lease_ttl}\nclock_skew_margin = 0.2\n"
     )
-    config = proxy_config(sim, extra=extra, reconnect_delay=1.0, max_reconnect_delay=2.0)
+    config = proxy_config(sim, extra=extra, reconnect_delay=1.0, max_reconnect_delay=2.0, **overrides)
     own_dir = tempfile.mkdtemp(prefix=f"lsproxy-{node}-")
     return dataclasses.replace(config, storage=dataclasses.replace(config.storage, dir=own_dir))
 
@@ -45,7 +48,7 @@ def sim_settings(linger: float = 0.8) -> SimSettings:
 
 
 async def get(port: int, path: str) -> httpx.Response:
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(trust_env=False, timeout=15) as client:
         return await client.get(f"http://127.0.0.1:{port}{path}")
 
 
@@ -208,3 +211,105 @@ async def test_since_before_a_nodes_tail_is_exact_and_a_new_named_cursor_moves_a
                     proxy.request_shutdown()
             for config in configs:
                 shutil.rmtree(config.storage.dir, ignore_errors=True)
+
+
+async def _consumers(port: int) -> dict[str, dict[str, Any]]:
+    listing = (await get(port, "/admin/consumers")).json()["streams"]["s1"]["consumers"]
+    return {c["id"]: c for c in listing if c["id"] is not None}
+
+
+async def _until(what: str, check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while not await check():
+            await trio.sleep(0.1)
+
+
+async def test_forgetting_and_operator_moves_and_deletes_are_cluster_wide() -> None:
+    """consumer_ttl counts from the last node that saw the consumer: a consumer connected
+    on node b is never forgotten on node a; once gone for the ttl, every node forgets it
+    and its key leaves the KV bucket. An operator's delete or move on node a applies on
+    node b too, ending the connection that holds the cursor there."""
+    with nats_cluster(1) as nats:
+        async with running(sim_settings(), start_proxy=False) as (sim, _):
+            configs = [cluster_config(sim, nats.urls, name, consumer_ttl=3) for name in ("node-a", "node-b")]
+            keys = functools.partial(trio.to_thread.run_sync, kv_keys, nats.urls[0], "lsproxy_cursors")
+            async with trio.open_nursery() as nursery:
+                proxies = [Proxy(config) for config in configs]
+                a, b = [(await nursery.start(proxy.run))[0][1] for proxy in proxies]
+                for port in (a, b):
+                    await wait_serving(port)
+
+                # Connected on b for twice the ttl: neither node forgets it.
+                kept = await StreamReader(b, "/api/1/stream/s1?consumer=kept").connect()
+                await kept.read_records(20, timeout=10)
+                await _until("a adopts kept", lambda: _has(a, "kept"))
+                until = trio.current_time() + 6
+                while trio.current_time() < until:  # reading on: a stalled reader is dropped
+                    await kept.read_records(len(kept.records) + 50, timeout=10)
+                assert "kept" in await _consumers(a) and "s1.kept" in await keys()
+                # Gone: forgotten everywhere after the ttl, and its key deleted.
+                await kept.aclose()
+                await _until("kept forgotten", lambda: _gone_everywhere((a, b), "kept", keys), timeout=15)
+
+                # An operator's delete on a ends b's connection and forgets the cursor.
+                doomed = await StreamReader(b, "/api/1/stream/s1?consumer=doomed").connect()
+                await doomed.read_records(20, timeout=10)
+                await _until("a adopts doomed", lambda: _has(a, "doomed"))
+                async with httpx.AsyncClient(trust_env=False) as client:
+                    deleted = await client.delete(f"http://127.0.0.1:{a}/admin/streams/s1/consumers/doomed")
+                assert deleted.status_code == 200, deleted.text
+                await doomed.read_until(lambda r: False, timeout=10)
+                assert doomed.ended_cleanly
+                await _until("doomed forgotten", lambda: _gone_everywhere((a, b), "doomed", keys))
+
+                # An operator's move on a: b's connection ends; it resumes at the new offset.
+                moved = await StreamReader(b, "/api/1/stream/s1?consumer=moved").connect()
+                await moved.read_records(50, timeout=10)
+                await _until("a adopts moved", lambda: _has(a, "moved"))
+                target = min(moved.seqs()) + 5
+                async with httpx.AsyncClient(trust_env=False) as client:
+                    answer = await client.post(
+                        f"http://127.0.0.1:{a}/admin/streams/s1/consumers/moved/cursor", json={"offset": target}
+                    )
+                assert answer.status_code == 200, answer.text
+                await moved.read_until(lambda r: False, timeout=10)
+                assert moved.ended_cleanly
+                again = await StreamReader(b, "/api/1/stream/s1?consumer=moved").connect()
+                assert int(again.response_headers["x-lsproxy-offset"]) == target
+                await again.aclose()
+                for proxy in proxies:
+                    proxy.request_shutdown()
+            for config in configs:
+                shutil.rmtree(config.storage.dir, ignore_errors=True)
+
+
+async def _has(port: int, consumer: str) -> bool:
+    return consumer in await _consumers(port)
+
+
+async def _gone_everywhere(
+    ports: tuple[int, ...], consumer: str, keys: Callable[[], Awaitable[set[str]]]
+) -> bool:
+    for port in ports:
+        if await _has(port, consumer):
+            return False
+    return f"s1.{consumer}" not in await keys()
+
+
+async def test_a_group_member_gets_503_not_409_while_nats_is_down() -> None:
+    """Nothing says the group is full: the member may come back (Retry-After)."""
+    with nats_cluster(1) as nats:
+        async with running(sim_settings(), start_proxy=False) as (sim, _):
+            config = cluster_config(sim, nats.urls, "solo")
+            async with trio.open_nursery() as nursery:
+                proxy = Proxy(config)
+                port = (await nursery.start(proxy.run))[0][1]
+                await wait_serving(port)
+                nats.nodes[0].kill()
+                with trio.fail_after(20):  # (a 200 would stream on: the reader times out)
+                    member = await get(port, "/api/1/stream/s1?consumer=g&maxConnections=2")
+                assert member.status_code == 503, member.text[:300]
+                assert member.headers["retry-after"] == "2"
+                assert "cannot record group membership" in member.json()["error_description"]
+                proxy.request_shutdown()
+            shutil.rmtree(config.storage.dir, ignore_errors=True)

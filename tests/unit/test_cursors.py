@@ -321,7 +321,7 @@ def test_every_mutation_keeps_the_named_count_and_the_idle_list_in_step() -> Non
     book.attach("b", reset=None, oldest=0, tail=10, window_bytes=0, now=20.0)
     anonymous = book.attach(None, reset=None, oldest=0, tail=10, window_bytes=0, now=20.0)
     _consistent(book)
-    assert book.adopt("c", 7, 0, now=30.0) and not book.adopt("a", 1, 0, now=30.0)  # held here: ignored
+    assert book.adopt("c", 7, 0, seen_at=30.0) and not book.adopt("a", 1, 0, seen_at=30.0)  # held here: ignored
     book.move("m", 3, now=30.0)  # created by an operator
     book.move("b", 4, now=40.0)  # held: the connection loses it, the cursor is idle from now
     _consistent(book)
@@ -337,10 +337,10 @@ def test_every_mutation_keeps_the_named_count_and_the_idle_list_in_step() -> Non
     assert book.named == 0
 
 
-def test_adopting_a_cursor_counts_as_seen() -> None:
+def test_an_adopted_cursor_is_seen_when_the_other_node_saw_it() -> None:
     book = CursorBook(ttl=100.0)
     book.restore({"old": (5, 0, 0.0), "other": (5, 0, 50.0)})
-    assert book.adopt("old", 9, 1, now=90.0)  # another node's consumer is alive
+    assert book.adopt("old", 9, 1, seen_at=90.0)  # another node saw its consumer at 90
     assert [c.name for c in book.sweep(now=170.0, limit=10)] == ["other"]
     assert book.persistent(now=170.0) == {"old": (9, 1, 90.0)}
     _consistent(book)
