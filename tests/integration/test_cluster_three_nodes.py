@@ -131,8 +131,9 @@ async def sample_open(setup: Setup) -> None:
 
 
 @contextlib.asynccontextmanager
-async def three_nodes() -> AsyncIterator[Setup]:
-    settings = SimSettings(streams=(SimStream("s1", "suite-s1", 200.0),), linger=0.8, backfill=300)
+async def three_nodes(*, rate: float = 200.0) -> AsyncIterator[Setup]:
+    """``rate``: the simulator's records per second (bench/cluster_failover.py runs it busier)."""
+    settings = SimSettings(streams=(SimStream("s1", "suite-s1", rate),), linger=0.8, backfill=300)
     with nats_cluster(3) as nats:
         async with running(settings, start_proxy=False) as (sim, _):
             ports = free_ports(3)
