@@ -149,6 +149,11 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert f"cannot serve on 127.0.0.1:{port}" in result.stderr
 
 
+def _default_signals() -> None:
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 @dataclass
 class Demo:
     """`scripts/demo` (the README's main job) on free ports, its config and data in a temp dir."""
@@ -187,8 +192,16 @@ class Demo:
         }
         with open(self.dir / "demo.log", "w") as log:
             # Its own session, as in a terminal: the test can send "Ctrl-C" to the group.
+            # Default signal dispositions, as from a terminal: a test run under nohup (HUP
+            # ignored) or as a background job (INT ignored) would hand its own to the
+            # script, and bash cannot trap a signal ignored when it starts.
             self.process = subprocess.Popen(
-                [str(ROOT / "scripts" / "demo")], stderr=log, env=env, text=True, start_new_session=True
+                [str(ROOT / "scripts" / "demo")],
+                stderr=log,
+                env=env,
+                text=True,
+                start_new_session=True,
+                preexec_fn=_default_signals,
             )
         return self.process
 
