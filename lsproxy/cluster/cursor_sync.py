@@ -37,7 +37,7 @@ import trio
 
 from lsproxy.cluster import names
 from lsproxy.cluster.bridge import BridgeClosed, Inbox
-from lsproxy.cluster.node import ClusterNode, NatsUnavailable
+from lsproxy.cluster.node import ClusterNode, NatsUnavailable, Watched
 from lsproxy.hub.groups import ANONYMOUS
 from lsproxy.hub.stream import StreamHub
 
@@ -105,54 +105,38 @@ class CursorSync:
         self.prefix = names.escape(hub.name)
         self._saved: dict[str, Saved] = {}
         self._operations: list[tuple[str, int | None]] = []  # operator moves (position), deletes (None)
-        self.adopted = 0
-        self.deleted = 0  # keys deleted: cursors this node forgot
 
     async def run(self) -> None:
-        node = self.node
+        node, hub = self.node, self.hub
         await node.ready.wait()
-        inbox: Inbox[tuple[str, bytes | None]] = node.bridge.inbox()
-
-        async def deliver(key: str, value: bytes | None) -> None:
-            await inbox.put((key, value))
-
-        watcher: Any = None
-        while watcher is None:
+        what = f"the shared cursors of stream {hub.name}"
+        async with node.watching(names.CURSOR_BUCKET, self.prefix, what) as inbox:
+            hub.announce_cursor = self._announce
             try:
-                watcher = await node.bridge.call(node.a_cursor_watch, self.prefix, deliver)
-            except NatsUnavailable as exc:
-                log.warning("stream %s: cannot watch the shared cursors: %s", self.hub.name, exc)
-                await trio.sleep(1.0)
-        self.hub.announce_cursor = self._announce
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._follow, inbox)
-                saved_at = -float("inf")
-                while True:
-                    due = trio.current_time() - saved_at >= SAVE_INTERVAL
-                    if due or self._operations or self._unsaved_names():
-                        saved_at = trio.current_time()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._follow, inbox)
+                    saved_at = -float("inf")
+                    while True:
+                        due = trio.current_time() - saved_at >= SAVE_INTERVAL
+                        if due or self._operations or self._unsaved_names():
+                            saved_at = trio.current_time()
+                            await self.save()
+                        await trio.sleep(NEW_CURSOR_CHECK)
+            finally:
+                if hub.announce_cursor == self._announce:
+                    hub.announce_cursor = None
+                with trio.move_on_after(2, shield=True):
+                    try:
                         await self.save()
-                    await trio.sleep(NEW_CURSOR_CHECK)
-        finally:
-            if self.hub.announce_cursor == self._announce:
-                self.hub.announce_cursor = None
-            with trio.move_on_after(2, shield=True):
-                try:
-                    await self.save()
-                except BridgeClosed:
-                    log.debug("stream %s: cursors not saved at shutdown: NATS is gone", self.hub.name)
-                try:
-                    await node.bridge.call(node.a_stop_watch, watcher)
-                except Exception as exc:
-                    log.debug("stream %s: stopping the cursor watch: %s", self.hub.name, exc)
+                    except BridgeClosed:
+                        log.debug("stream %s: cursors not saved at shutdown: NATS is gone", hub.name)
 
     def _announce(self, name: str, position: int | None) -> None:
         """An operator moved (``position``) or deleted (None) a cursor on this node."""
         self._operations.append((name, position))
 
     # -- what other nodes wrote -------------------------------------------------------
-    async def _follow(self, inbox: Inbox[tuple[str, bytes | None]]) -> None:
+    async def _follow(self, inbox: Inbox[Watched]) -> None:
         prefix = self.prefix + "."
         while True:
             for key, value in await inbox.get_batch():
@@ -174,7 +158,6 @@ class CursorSync:
             self.hub.move_cursor(name, found.position, announce=False)
         elif book.adopt(name, found.position, found.skipped, found.seen_at):
             self._saved[name] = (found.position, found.skipped, found.seen_at)
-            self.adopted += 1
 
     def _deleted(self, name: str) -> None:
         """Another node forgot ``name`` (or this one did: then it is gone here already)."""
@@ -213,7 +196,6 @@ class CursorSync:
             for name in [name for name in self._saved if name not in current]:
                 await node.bridge.call(node.a_cursor_delete, names.cursor_key(hub.name, name))
                 self._saved.pop(name, None)  # (the delete may have come back already)
-                self.deleted += 1
             for name, state in current.items():
                 if self._saved.get(name) == state:
                     continue

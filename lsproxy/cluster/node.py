@@ -15,10 +15,11 @@ stays 200.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats
@@ -28,11 +29,14 @@ import trio
 from nats.js import api
 
 from lsproxy.cluster import names
-from lsproxy.cluster.bridge import AsyncioBridge
+from lsproxy.cluster.bridge import AsyncioBridge, Inbox
 from lsproxy.config import ClusterConfig
 from lsproxy.secret import redact
 
 log = logging.getLogger("lsproxy.cluster")
+
+#: A KV watch's delivery: (key, value), or (key, None) for a delete.
+Watched = tuple[str, bytes | None]
 
 RETRY_FIRST, RETRY_MAX = 0.5, 5.0
 API_TIMEOUT = 5.0
@@ -114,6 +118,33 @@ class ClusterNode:
             "slots": {key: slot.status(now) for key, slot in sorted(self.slots.items())},
             "jetstream": {name: jslog.status() for name, jslog in sorted(self.logs.items())},
         }
+
+    @contextlib.asynccontextmanager
+    async def watching(self, bucket: str, prefix: str, what: str) -> AsyncIterator[Inbox[Watched]]:
+        """The keys ``<prefix>.>`` of KV ``bucket`` into the inbox yielded: every current
+        value first, then each change, as (key, value), or (key, None) for a delete.
+        Opening the watch is retried every second while NATS cannot; it is stopped on
+        exit (bounded, so a shutdown with NATS gone does not hang). ``what``: for the log."""
+        inbox: Inbox[Watched] = self.bridge.inbox()
+
+        async def deliver(key: str, value: bytes | None) -> None:
+            await inbox.put((key, value))
+
+        watcher: Any = None
+        while watcher is None:
+            try:
+                watcher = await self.bridge.call(self._a_watch, bucket, prefix, deliver)
+            except NatsUnavailable as exc:
+                log.warning("cannot watch %s: %s", what, exc)
+                await trio.sleep(1.0)
+        try:
+            yield inbox
+        finally:
+            with trio.move_on_after(2, shield=True):
+                try:
+                    await self.bridge.call(self._a_stop_watch, watcher)
+                except Exception as exc:
+                    log.debug("stopping the watch of %s: %s", what, exc)
 
     # -- asyncio side: connection and buckets ---------------------------------------------
     async def _a_connect(self) -> None:
@@ -264,18 +295,11 @@ class ClusterNode:
         except Exception as exc:
             raise NatsUnavailable(_describe(exc)) from None
 
-    async def a_cursor_watch(
-        self, prefix: str, deliver: Callable[[str, bytes | None], Awaitable[None]]
-    ) -> Any:
-        """Watch ``<prefix>.>`` of the cursor bucket (see ``_a_watch``)."""
-        return await self._a_watch(names.CURSOR_BUCKET, prefix, deliver)
-
     async def _a_watch(
         self, bucket: str, prefix: str, deliver: Callable[[str, bytes | None], Awaitable[None]]
     ) -> Any:
-        """Watch ``<prefix>.>`` of ``bucket`` into ``deliver``: every current value first,
-        then changes, as (key, value), or (key, None) for a delete. Returns the watcher
-        (stop it with ``a_stop_watch``)."""
+        """Watch ``<prefix>.>`` of ``bucket`` into ``deliver`` (see ``watching``); returns
+        the watcher (stop it with ``_a_stop_watch``)."""
         try:
             watcher = await self._kv[bucket].watch(f"{prefix}.>")
         except Exception as exc:
@@ -291,7 +315,7 @@ class ClusterNode:
         watcher.pump_task = asyncio.get_running_loop().create_task(pump())
         return watcher
 
-    async def a_stop_watch(self, watcher: Any) -> None:
+    async def _a_stop_watch(self, watcher: Any) -> None:
         watcher.pump_task.cancel()
         try:
             await watcher.stop()
@@ -338,12 +362,6 @@ class ClusterNode:
             return
         except Exception as exc:
             raise NatsUnavailable(_describe(exc)) from None
-
-    async def a_member_watch(
-        self, prefix: str, deliver: Callable[[str, bytes | None], Awaitable[None]]
-    ) -> Any:
-        """Watch ``<prefix>.>`` of the member bucket (see ``_a_watch``)."""
-        return await self._a_watch(names.MEMBER_BUCKET, prefix, deliver)
 
     # -- asyncio side: JetStream (for jslog.py) -------------------------------------------
     @property

@@ -24,13 +24,12 @@ not shared, see ``cursor_sync``): they are not claimed.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import trio
 
 from lsproxy.cluster import names
-from lsproxy.cluster.bridge import BridgeClosed
-from lsproxy.cluster.node import ClusterNode, NatsUnavailable
+from lsproxy.cluster.bridge import BridgeClosed, Inbox
+from lsproxy.cluster.node import ClusterNode, NatsUnavailable, Watched
 from lsproxy.hub.groups import ANONYMOUS, parse_share_name
 from lsproxy.hub.stream import ClaimUnavailable, StreamHub
 
@@ -107,41 +106,27 @@ class ShareClaims:
         first (before any consumer can join: a claim needs no watch)."""
         node = self.node
         await node.ready.wait()
-        inbox = node.bridge.inbox()
-
-        async def deliver(key: str, value: bytes | None) -> None:
-            await inbox.put((key, value))
-
-        watcher: Any = None
-        while watcher is None:
+        what = f"the group members of stream {self.hub.name}"
+        async with node.watching(names.MEMBER_BUCKET, self.prefix, what) as inbox:
             try:
-                watcher = await node.bridge.call(node.a_member_watch, self.prefix, deliver)
-            except NatsUnavailable as exc:
-                log.warning("stream %s: cannot watch the group members: %s", self.hub.name, exc)
-                await trio.sleep(1.0)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._follow, inbox)
-                while True:
-                    await self._release_and_renew()
-                    with trio.move_on_after(node.lease_ttl / 3):
-                        await self._wake.wait()
-                    self._wake = trio.Event()
-        finally:
-            self.uninstall()
-            with trio.move_on_after(2, shield=True):
-                for share in list(self._mine):
-                    self.release(share)
-                try:
-                    await self._release_and_renew()
-                except BridgeClosed:
-                    log.debug("stream %s: shares not released at shutdown: NATS is gone", self.hub.name)
-                try:
-                    await node.bridge.call(node.a_stop_watch, watcher)
-                except Exception as exc:
-                    log.debug("stream %s: stopping the member watch: %s", self.hub.name, exc)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._follow, inbox)
+                    while True:
+                        await self._release_and_renew()
+                        with trio.move_on_after(node.lease_ttl / 3):
+                            await self._wake.wait()
+                        self._wake = trio.Event()
+            finally:
+                self.uninstall()
+                with trio.move_on_after(2, shield=True):
+                    for share in list(self._mine):
+                        self.release(share)
+                    try:
+                        await self._release_and_renew()
+                    except BridgeClosed:
+                        log.debug("stream %s: shares not released at shutdown: NATS is gone", self.hub.name)
 
-    async def _follow(self, inbox: Any) -> None:
+    async def _follow(self, inbox: Inbox[Watched]) -> None:
         prefix = self.prefix + "."
         while True:
             for key, value in await inbox.get_batch():
