@@ -21,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
@@ -193,27 +194,40 @@ def nats_cluster(size: int = 1) -> Iterator[NatsCluster]:
         c.stop()
 
 
-KV_KEYS_SCRIPT = """
-import asyncio, sys, nats
-async def main():
-    nc = await nats.connect(sys.argv[1])
+KV_SCRIPT = """
+import asyncio, json, sys, nats
+async def main(url, bucket, op, key=None):
+    nc = await nats.connect(url)
     try:
-        kv = await nc.jetstream().key_value(sys.argv[2])
-        try:
-            print("\\n".join(await kv.keys()))
-        except Exception as exc:  # no keys: nats-py raises NoKeysError
-            if type(exc).__name__ != "NoKeysError":
-                raise
+        kv = await nc.jetstream().key_value(bucket)
+        if op == "keys":
+            try:
+                print(json.dumps(await kv.keys()))
+            except Exception as exc:  # no keys: nats-py raises NoKeysError
+                if type(exc).__name__ != "NoKeysError":
+                    raise
+                print("[]")
+        elif op == "get":
+            entry = await kv.get(key)
+            print(json.dumps({"value": entry.value.decode(), "revision": entry.revision}))
+        elif op == "delete":
+            await kv.delete(key)
+            print("null")
     finally:
         await nc.close()
-asyncio.run(main())
+asyncio.run(main(*sys.argv[1:]))
 """
 
 
+def kv(url: str, bucket: str, op: str, key: str | None = None) -> Any:
+    """``op`` ("keys", "get" or "delete") on KV ``bucket``, done by a separate nats-py client
+    process (the tests run on trio; nats-py needs asyncio): another party, as a second node
+    or an operator's tool would be. Blocking: call it from a thread."""
+    args = [sys.executable, "-c", KV_SCRIPT, url, bucket, op, *([key] if key is not None else [])]
+    out = subprocess.run(args, capture_output=True, check=True, timeout=20)
+    return json.loads(out.stdout)
+
+
 def kv_keys(url: str, bucket: str) -> set[str]:
-    """The live keys of KV ``bucket``, read by a separate nats-py client process (the
-    tests run on trio; nats-py needs asyncio). Blocking: call it from a thread."""
-    out = subprocess.run(
-        [sys.executable, "-c", KV_KEYS_SCRIPT, url, bucket], capture_output=True, check=True, timeout=20
-    )
-    return set(out.stdout.decode().split())
+    """The live keys of KV ``bucket`` (see ``kv``)."""
+    return set(kv(url, bucket, "keys"))

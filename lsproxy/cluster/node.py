@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats
@@ -46,6 +48,24 @@ class NatsUnavailable(Exception):
     """NATS or JetStream could not do what was asked; the message is safe to log."""
 
 
+class JournalWrite(enum.Enum):
+    WRITTEN = "written"
+    CONFLICT = "conflict"  # the entry moved on since the chain's revision: someone else wrote
+    FAILED = "failed"  # not known to be written (NATS trouble; it may still land)
+
+
+@dataclass(eq=False)
+class JournalChain:
+    """One lease holding's writes to its slot's journal entry, kept on the asyncio side:
+    one at a time, each conditional on the revision the previous one left (or the one
+    read). So a late write of an earlier holder (held up in a stalled server or network)
+    is refused once this holder has written, instead of overwriting its record."""
+
+    revision: int
+    written: int = 0  # the newest version written
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return redact(f"{type(exc).__name__}: {text}")[:200]
@@ -66,7 +86,6 @@ class ClusterNode:
         self._nc: Any = None
         self._js: Any = None
         self._kv: dict[str, Any] = {}
-        self._journal_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -257,30 +276,38 @@ class ClusterNode:
             raise NatsUnavailable(_describe(exc)) from None
 
     # -- asyncio side: the slot journal ----------------------------------------------------
-    async def a_journal_get(self, key: str) -> bytes | None:
-        """The slot's journal value, or None when there is none."""
+    async def a_journal_get(self, key: str) -> tuple[bytes | None, int]:
+        """The slot's journal value (None when there is none) and its revision (0: none)."""
         try:
             entry = await self._kv[names.JOURNAL_BUCKET].get(key)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return None
+        except nats.js.errors.KeyNotFoundError as exc:  # also a deleted key (with its entry)
+            return None, int(exc.entry.revision) if exc.entry is not None else 0
         except Exception as exc:
             raise NatsUnavailable(_describe(exc)) from None
-        return bytes(entry.value or b"")
+        return bytes(entry.value or b""), int(entry.revision)
 
-    async def a_journal_put(self, key: str, value: bytes, version: int) -> bool:
-        """Write the slot's journal value; writes of one key go out in ``version`` order and
-        an older one is skipped once a newer one is written. False: not written."""
-        lock, written = self._journal_locks.setdefault(key, (asyncio.Lock(), [0]))
-        async with lock:
-            if version <= written[0]:
-                return True
+    async def a_journal_put(self, key: str, value: bytes, version: int, chain: JournalChain) -> JournalWrite:
+        """Write the slot's journal value as the next link of ``chain``: in ``version`` order
+        (an older one is skipped once a newer one is written), and only over the revision
+        the chain last saw (CONFLICT: someone else wrote since)."""
+        async with chain.lock:
+            if version <= chain.written:
+                return JournalWrite.WRITTEN
             try:
-                await self._kv[names.JOURNAL_BUCKET].put(key, value)
+                chain.revision = int(await self._kv[names.JOURNAL_BUCKET].update(key, value, last=chain.revision))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return JournalWrite.CONFLICT
             except Exception as exc:
                 log.debug("journal %s: %s", key, _describe(exc))
-                return False
-            written[0] = version
-            return True
+                return JournalWrite.FAILED
+            chain.written = version
+            return JournalWrite.WRITTEN
+
+    async def a_journal_refresh(self, key: str, chain: JournalChain) -> bytes | None:
+        """Move ``chain`` on to the entry's current revision; its value (None: none)."""
+        async with chain.lock:
+            value, chain.revision = await self.a_journal_get(key)
+            return value
 
     # -- asyncio side: cursors ---------------------------------------------------------
     async def a_cursor_put(self, key: str, value: bytes) -> None:

@@ -11,8 +11,9 @@ journal first, then the lease is released (deleted with its revision), so the
 next holder waits from the recorded end.
 
 ``SlotRecord`` is the supervisor's journal handle (``hub/journal.AttemptRecord``):
-attempts are durable in KV before connecting, ends and liveness marks follow.
-Writes of one slot go out in order (``ClusterNode.a_journal_put``).
+an attempt is in KV before connecting (never without: the next holder's wait
+is computed from it), ends and liveness marks follow. Writes of one holding go
+out in order, each over the revision the one before left (``node.JournalChain``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import trio
 
-from lsproxy.cluster.node import ClusterNode, NatsUnavailable, wall_to_trio
+from lsproxy.cluster.node import ClusterNode, JournalChain, JournalWrite, NatsUnavailable, wall_to_trio
 from lsproxy.cluster.slot_policy import (
     LeasePolicy,
     decode_moments,
@@ -38,7 +39,7 @@ from lsproxy.hub.stream import UpstreamStatus
 
 log = logging.getLogger("lsproxy.cluster")
 
-ATTEMPT_WRITE_SECONDS = 5.0
+ATTEMPT_RETRY_PAUSE = 0.2  # between tries to record an attempt (each waits for its answer)
 RELEASE_SECONDS = 3.0
 
 #: ``supervise`` with everything but these keyword arguments bound.
@@ -46,12 +47,20 @@ Supervise = Callable[..., Awaitable[None]]
 
 
 class SlotRecord:
-    """The journal of one slot, written by its lease holder."""
+    """The journal of one slot, written by its lease holder: ``holding`` says whether
+    this node holds the lease still. Writes are conditional (``JournalChain``): one
+    refused because the entry moved on (a late write of an earlier holder, or our own
+    whose answer was lost) is written again over the current revision while we hold
+    the lease, since our record is the one that rules; once we do not, it is dropped."""
 
-    def __init__(self, node: ClusterNode, key: str, moments: Moments) -> None:
+    def __init__(
+        self, node: ClusterNode, key: str, moments: Moments, revision: int, holding: Callable[[], bool]
+    ) -> None:
         self.node = node
         self.key = key
         self.moments = moments
+        self.holding = holding
+        self._chain = JournalChain(revision)
         self._version = 0
 
     def _value(self) -> tuple[bytes, int]:
@@ -59,29 +68,48 @@ class SlotRecord:
         return encode_moments(self.moments, self.node.name), self._version
 
     async def write(self) -> bool:
+        """True once the moments as they are now are in KV (or newer ones are)."""
+        node = self.node
         value, version = self._value()
         try:
-            return await self.node.bridge.call(self.node.a_journal_put, self.key, value, version)
+            for _ in range(2):
+                result = await node.bridge.call(node.a_journal_put, self.key, value, version, self._chain)
+                if result is not JournalWrite.CONFLICT:
+                    return result is JournalWrite.WRITTEN
+                if not self.holding():
+                    log.info("slot %s: journal entry written by another node since; ours dropped", self.key)
+                    return False
+                found = await node.bridge.call(node.a_journal_refresh, self.key, self._chain)
+                log.info(
+                    "slot %s: journal entry moved on since our last write (last written by %s); writing ours again",
+                    self.key, journal_writer(found),
+                )  # fmt: skip
         except Exception as exc:
             log.debug("slot %s: journal write failed: %s", self.key, exc)
-            return False
+        return False
 
     def post(self) -> None:
         value, version = self._value()
         try:
-            self.node.bridge.post(self.node.a_journal_put, self.key, value, version)
+            self.node.bridge.post(self.node.a_journal_put, self.key, value, version, self._chain)
         except Exception as exc:
             log.debug("slot %s: journal write not sent: %s", self.key, exc)
 
     async def attempt_starting(self) -> None:
-        now = time.time()
-        self.moments.attempt_at = self.moments.alive_at = now
+        """Connect only once the attempt is in KV: the next holder's wait is computed from
+        it. Retried until written; the lease deadline (the caller's cancel scope) bounds it."""
         self.moments.open = 1
-        written = False
-        with trio.move_on_after(ATTEMPT_WRITE_SECONDS):
-            written = await self.write()
-        if not written:
-            log.error("slot %s: could not record the upstream attempt in the cluster journal", self.key)
+        failures = 0
+        while True:
+            self.moments.attempt_at = self.moments.alive_at = time.time()
+            if await self.write():
+                if failures:
+                    log.info("slot %s: upstream attempt recorded after %d failed writes", self.key, failures)
+                return
+            if failures == 0:
+                log.warning("slot %s: cannot record the upstream attempt in the cluster journal; retrying", self.key)
+            failures += 1
+            await trio.sleep(ATTEMPT_RETRY_PAUSE)
 
     def ended(self) -> None:
         self.moments.ended_at = time.time()
@@ -91,6 +119,14 @@ class SlotRecord:
     async def mark_alive(self, wall: float) -> bool:
         self.moments.alive_at = wall
         return await self.write()
+
+
+def journal_writer(raw: bytes | None) -> str:
+    """Which node wrote a journal value, for the log."""
+    try:
+        return str(json.loads(raw or b"{}").get("node", "?"))
+    except (ValueError, AttributeError, RecursionError):
+        return "?"
 
 
 class SlotRunner:
@@ -210,7 +246,7 @@ class SlotRunner:
         node = self.node
         while True:
             try:
-                raw = await node.bridge.call(node.a_journal_get, self.key)
+                raw, revision = await node.bridge.call(node.a_journal_get, self.key)
             except NatsUnavailable as exc:
                 log.warning("slot %s: cannot read the cluster journal: %s", self.label, exc)
                 await trio.sleep(self.policy.poll_interval)
@@ -220,7 +256,9 @@ class SlotRunner:
         if moments is None:
             log.warning("slot %s: unreadable journal entry; waiting reconnect_delay from now", self.label)
             moments = Moments(ended_at=time.time())
-        self.record = SlotRecord(node, self.key, moments)
+        self.record = SlotRecord(
+            node, self.key, moments, revision, holding=lambda: self.policy.held(trio.current_time())
+        )
         return self.record
 
     async def _renew(self, scope: trio.CancelScope, record: SlotRecord) -> None:

@@ -61,9 +61,12 @@ class Node:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def log(self) -> str:
-        with open(os.path.join(self.dir, "log"), "rb") as f:
-            return f.read()[-3000:].decode(errors="replace")
+    def log(self, tail: int = 6000) -> str:
+        try:
+            with open(os.path.join(self.dir, "log"), "rb") as f:
+                return f.read()[-tail:].decode(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
 
 
 @dataclass
@@ -159,6 +162,11 @@ async def three_nodes(*, rate: float = 200.0) -> AsyncIterator[Setup]:
                                 await trio.sleep(0.1)
                     yield setup
                     nursery.cancel_scope.cancel()
+            except BaseException:
+                # pytest shows this with the failure: the nodes' own account of it.
+                for node in nodes:
+                    print(f"----- {node.name} log (tail) -----\n{node.log()}")
+                raise
             finally:
                 for node in nodes:
                     if node.alive:
