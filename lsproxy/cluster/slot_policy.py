@@ -140,3 +140,12 @@ def decode_moments(raw: bytes) -> Moments | None:
         return None
     moments.open = count
     return moments
+
+
+def journal_node(raw: bytes | None) -> str:
+    """The node that wrote a journal value, for the log ("?" when unknown)."""
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, RecursionError):
+        return "?"
+    return str(body.get("node", "?"))[:100] if isinstance(body, dict) else "?"

@@ -32,6 +32,7 @@ from lsproxy.cluster.slot_policy import (
     decode_moments,
     default_margin,
     encode_moments,
+    journal_node,
     takeover_not_before,
 )
 from lsproxy.hub.journal_rule import Moments
@@ -77,12 +78,12 @@ class SlotRecord:
                 if result is not JournalWrite.CONFLICT:
                     return result is JournalWrite.WRITTEN
                 if not self.holding():
-                    log.info("slot %s: journal entry written by another node since; ours dropped", self.key)
+                    log.info("slot %s: journal entry moved on and the lease is gone; our write dropped", self.key)
                     return False
                 found = await node.bridge.call(node.a_journal_refresh, self.key, self._chain)
                 log.info(
                     "slot %s: journal entry moved on since our last write (last written by %s); writing ours again",
-                    self.key, journal_writer(found),
+                    self.key, journal_node(found),
                 )  # fmt: skip
         except Exception as exc:
             log.debug("slot %s: journal write failed: %s", self.key, exc)
@@ -119,14 +120,6 @@ class SlotRecord:
     async def mark_alive(self, wall: float) -> bool:
         self.moments.alive_at = wall
         return await self.write()
-
-
-def journal_writer(raw: bytes | None) -> str:
-    """Which node wrote a journal value, for the log."""
-    try:
-        return str(json.loads(raw or b"{}").get("node", "?"))
-    except (ValueError, AttributeError, RecursionError):
-        return "?"
 
 
 class SlotRunner:

@@ -13,6 +13,7 @@ from lsproxy.cluster.slot_policy import (
     decode_moments,
     default_margin,
     encode_moments,
+    journal_node,
     takeover_not_before,
 )
 from lsproxy.hub.journal_rule import Moments
@@ -101,6 +102,9 @@ def test_journal_values_round_trip_and_garbage_is_not_a_value() -> None:
         b'{"open":true}',
     ):
         assert decode_moments(bad) is None, bad
+    assert journal_node(raw) == "node-a"
+    for unknown in (None, b"", b"[]", b"{", b'{"open":0}'):
+        assert journal_node(unknown) == "?", unknown
 
 
 def test_names_are_valid_for_nats_and_unambiguous() -> None:
